@@ -1,0 +1,221 @@
+"""The shared multi-domain LightningDataModule.
+
+A dataset is a subclass that implements :meth:`MultiDomainDataModule.index_records` (returning
+:class:`VideoRecord` s); everything else -- checks, holdout split, clip decoding, domain-balanced
+batches, DDP sharding -- is shared. See ``datamodules/folder.py`` for the smallest example.
+"""
+from __future__ import annotations
+
+import os
+from abc import abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Literal, Optional
+
+import lightning.pytorch as pl
+import numpy as np
+from torch.utils.data import DataLoader
+
+from vidlit.backbones import BACKBONES
+from vidlit.data.clips import ClipDataset, ClipTransform
+from vidlit.data.records import DataError, VideoRecord, check_classes, check_domains, holdout_split
+from vidlit.data.sampler import DomainBalancedBatchSampler
+from vidlit.data.video_io import VideoDecodeError, probe_video
+from vidlit.registry import Registry
+
+DATAMODULES: Registry[type] = Registry("dataset", "--dataset")
+DATAMODULES.scan("datamodules")
+
+
+def register_datamodule(name: str) -> Callable[[type], type]:
+    return DATAMODULES.register(name)
+
+
+class MultiDomainDataModule(pl.LightningDataModule):
+    """Multi-domain video clips for domain generalization.
+
+    Train batches: dicts with ``video`` (B, C, T, H, W) uint8, ``label`` (B,), ``domain`` (B,)
+    (index into ``source_domains``), with clips from every source domain in every batch.
+    Validation: the held-out part (``holdout_fraction``, split by video or group) of each source
+    domain, then (when ``eval_target_each_epoch``) the target domains as a second loader, which
+    makes oracle model selection possible. Test: every video of the target domains, ``domain``
+    indexing ``target_domains``.
+
+    Args:
+        root: dataset folder; its meaning is the subclass's.
+        source_domains: training domains (default: every domain not in ``target_domains``).
+        target_domains: held-out test domains (default: the last domain in sorted order).
+        classes: class names to use, in label order (default: all; they must match across domains).
+        backbone: set from ``--backbone``; gives the default ``num_frames`` and ``size``.
+        num_frames: frames per clip (default: the backbone's preference).
+        frame_stride: take every n-th frame.
+        size: square crop size in pixels (default: the backbone's preference).
+        batch_size: clips per training step per device, split evenly over the source domains.
+        eval_batch_size: clips per evaluation step (default: ``batch_size``).
+        num_workers: DataLoader worker processes.
+        holdout_fraction: share of each source domain's videos (or groups) kept for validation.
+        split_seed: seed of the holdout split (independent of ``--seed_everything``).
+        crop_scale: area range of the training random resized crop.
+        flip: random horizontal flip in training. Off by default: not label-preserving for
+            direction-dependent classes, unless ``flip_label_map`` maps them (e.g. left <-> right).
+        flip_label_map: class -> class to use when a clip is flipped.
+        color_jitter: brightness/contrast jitter strength (0 = off).
+        short_video: videos shorter than a clip ``loop`` or ``pad`` (repeat the last frame).
+        on_bad_video: a clip that fails to decode in training: ``error`` (stop, naming the file) or
+            ``skip`` (replace it by another clip of the same domain and class, and count it).
+        eval_target_each_epoch: also evaluate the target domains each epoch (logged as
+            ``val_target/*``; used only for the oracle upper bound, never for selection).
+        seed: augmentation and batch-order seed.
+    """
+
+    def __init__(
+        self,
+        root: Optional[str] = None,
+        source_domains: Optional[list[str]] = None,
+        target_domains: Optional[list[str]] = None,
+        classes: Optional[list[str]] = None,
+        backbone: str = "tiny3d",
+        num_frames: Optional[int] = None,
+        frame_stride: int = 2,
+        size: Optional[int] = None,
+        batch_size: int = 30,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 2,
+        holdout_fraction: float = 0.2,
+        split_seed: int = 0,
+        crop_scale: tuple[float, float] = (0.5, 1.0),
+        flip: bool = False,
+        flip_label_map: Optional[dict[str, str]] = None,
+        color_jitter: float = 0.0,
+        short_video: Literal["loop", "pad"] = "loop",
+        on_bad_video: Literal["error", "skip"] = "error",
+        eval_target_each_epoch: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        spec = BACKBONES.get(backbone)
+        self.root = root
+        self.num_frames = num_frames or spec.num_frames
+        self.size = size or spec.size
+        self.frame_stride, self.batch_size = frame_stride, batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self._source, self._target, self._classes = source_domains, target_domains, classes
+        self._indexed = False
+
+    # ----------------------------------------------------------------- to implement per dataset
+    @abstractmethod
+    def index_records(self) -> list[VideoRecord]:
+        """Every labelled video of every domain (frame counts may be left 0: they are probed)."""
+
+    def describe(self) -> str:
+        """Where the data comes from, for messages."""
+        return str(self.root)
+
+    # ----------------------------------------------------------------- indexing
+    def _probe(self, rec: VideoRecord) -> tuple[VideoRecord, Optional[str]]:
+        if rec.num_frames > 0:
+            return rec, None
+        try:
+            if rec.kind == "frames":
+                from vidlit.data.frames import probe_frame_folder
+
+                info = probe_frame_folder(rec)
+            else:
+                info = probe_video(rec.path)
+        except VideoDecodeError as err:
+            return rec, str(err)
+        span = (rec.end_frame if rec.end_frame is not None else info.num_frames) - (rec.start_frame or 0)
+        if span < 1:
+            return rec, f"{rec.path}: segment [{rec.start_frame}, {rec.end_frame}) is empty (video has {info.num_frames} frames)"
+        if span < self.frame_stride:
+            return rec, f"{rec.path}: only {span} frame(s), shorter than one frame stride ({self.frame_stride})"
+        return rec.with_frames(info.num_frames), None
+
+    def prepare_index(self) -> None:
+        """Index, probe and check the data once; raises :class:`DataError` listing every problem."""
+        if self._indexed:
+            return
+        records = self.index_records()
+        source, target = check_domains({r.domain for r in records}, self._source, self._target, self.describe())
+        used = [r for r in records if r.domain in set(source) | set(target)]
+        self.class_names = check_classes(used, source + target, self._classes)
+        used = [r for r in used if r.label in set(self.class_names)]
+        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
+            probed = list(pool.map(self._probe, used))
+        problems = [p for _, p in probed if p]
+        if problems:
+            raise DataError(
+                f"{len(problems)} unreadable video(s) in {self.describe()}; fix or remove them:\n  " + "\n  ".join(problems)
+            )
+        recs = [r for r, _ in probed]
+        self.source_domains, self.target_domains = source, target
+        src = [r for r in recs if r.domain in source]
+        self.train_records, self.val_records = holdout_split(src, self.hparams.holdout_fraction, self.hparams.split_seed)
+        self.test_records = sorted((r for r in recs if r.domain in target), key=lambda r: (r.domain, r.path, r.start_frame or 0))
+        for d in source:
+            if not any(r.domain == d for r in self.train_records):
+                raise DataError(f"source domain '{d}' has no training videos after the holdout split")
+        self._indexed = True
+
+    @property
+    def num_classes(self) -> int:
+        self.prepare_index()
+        return len(self.class_names)
+
+    @property
+    def num_domains(self) -> int:
+        """Number of source (training) domains."""
+        self.prepare_index()
+        return len(self.source_domains)
+
+    # ----------------------------------------------------------------- datasets and loaders
+    def _dataset(self, records: list[VideoRecord], domains: list[str], train: bool) -> ClipDataset:
+        h = self.hparams
+        transform = ClipTransform(self.size, train, tuple(h.crop_scale), h.flip, h.color_jitter)
+        return ClipDataset(
+            records, self.class_names, domains, self.num_frames, self.frame_stride, transform,
+            seed=h.seed, train=train, short=h.short_video, on_bad_video=h.on_bad_video if train else "error",
+            flip_label_map=h.flip_label_map, decode=self.decoder(),
+        )
+
+    def decoder(self) -> Optional[Callable[[VideoRecord, np.ndarray], np.ndarray]]:
+        """Function (record, frame indices) -> (T, H, W, 3) uint8; None = PyAV."""
+        return None
+
+    def setup(self, stage: str) -> None:
+        self.prepare_index()
+        self.train_set = self._dataset(self.train_records, self.source_domains, train=True)
+        self.val_set = self._dataset(self.val_records, self.source_domains, train=False)
+        self.test_set = self._dataset(self.test_records, self.target_domains, train=False)
+
+    def _loader(self, dataset: ClipDataset, **kw) -> DataLoader:
+        workers = self.num_workers
+        return DataLoader(
+            dataset, num_workers=workers, persistent_workers=workers > 0, pin_memory=self._pin(),
+            prefetch_factor=4 if workers > 0 else None, **kw,
+        )
+
+    def _pin(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        return bool(trainer is not None and trainer.accelerator.__class__.__name__ == "CUDAAccelerator")
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = DomainBalancedBatchSampler(
+            self.train_set.domain_ids, self.batch_size, seed=self.hparams.seed, rank=rank, world_size=world
+        )
+        return self._loader(self.train_set, batch_sampler=sampler)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        loaders = [self._loader(self.val_set, batch_size=self.eval_batch_size)]
+        if self.hparams.eval_target_each_epoch:
+            loaders.append(self._loader(self.test_set, batch_size=self.eval_batch_size))
+        return loaders
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, batch_size=self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, batch_size=self.eval_batch_size)

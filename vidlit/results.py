@@ -1,0 +1,147 @@
+"""Per-epoch history, ``results.json`` and the per-domain table printed at the end of ``fit``."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from typing import Any, Optional
+from weakref import proxy
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+RESULTS_FILE = "results.json"
+
+
+def _f(x: Any) -> Optional[float]:
+    if x is None:
+        return None
+    v = float(x.item() if isinstance(x, torch.Tensor) else x)
+    return None if math.isnan(v) else v
+
+
+class AtomicModelCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose files are written to a temporary name and renamed into place, so a
+    crash mid-write never leaves a truncated ``best``/``last`` checkpoint."""
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        tmp = filepath + ".tmp"
+        trainer.save_checkpoint(tmp, self.save_weights_only)
+        if trainer.is_global_zero:
+            os.replace(tmp, filepath)
+        trainer.strategy.barrier("vidlit.atomic_checkpoint")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+
+class HistoryCallback(Callback):
+    """Records every validation epoch's per-domain accuracies (kept in checkpoints, so a resumed
+    run has its whole history)."""
+
+    def __init__(self) -> None:
+        self.history: list[dict] = []
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        m = trainer.callback_metrics
+        names = getattr(pl_module, "domain_names", {})
+        row = {
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            "val_acc": _f(m.get("val/acc")),
+            "val_acc_per_domain": {d: _f(m.get(f"val/acc/{d}")) for d in names.get("val", [])},
+        }
+        if "val_target/acc" in m:
+            row["target_acc"] = _f(m.get("val_target/acc"))
+            row["target_acc_per_domain"] = {d: _f(m.get(f"val_target/acc/{d}")) for d in names.get("test", [])}
+        self.history = [h for h in self.history if h["epoch"] != row["epoch"]] + [row]
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict.get("history", []))
+
+
+def best_epoch_from_path(path: str) -> Optional[int]:
+    m = re.search(r"epoch=(\d+)", os.path.basename(path or ""))
+    return int(m.group(1)) if m else None
+
+
+def build_results(
+    trainer: pl.Trainer,
+    module: pl.LightningModule,
+    datamodule: Any,
+    history: list[dict],
+    best_checkpoint: str,
+    meta: dict,
+) -> dict:
+    """The results dictionary (accuracies are fractions in [0, 1])."""
+    m = trainer.callback_metrics
+    best_epoch = best_epoch_from_path(best_checkpoint)
+    rows = [h for h in history if h["epoch"] == best_epoch]
+    if not rows and history:  # no epoch in the file name: the first best, as ModelCheckpoint keeps it
+        rows = [max(history, key=lambda h: (h["val_acc"] or -1, -h["epoch"]))]
+    best = rows[0] if rows else {}
+    targets = list(datamodule.target_domains)
+    oracle = [h for h in history if h.get("target_acc") is not None]
+    oracle_best = max(oracle, key=lambda h: (h["target_acc"], -h["epoch"])) if oracle else None
+    return {
+        **meta,
+        "source_domains": list(datamodule.source_domains),
+        "target_domains": targets,
+        "class_names": list(datamodule.class_names),
+        "val_acc": best.get("val_acc"),
+        "val_acc_per_domain": best.get("val_acc_per_domain", {}),
+        "test_acc": _f(m.get("test/acc")),
+        "test_acc_per_domain": {d: _f(m.get(f"test/acc/{d}")) for d in targets},
+        "best_epoch": best.get("epoch", best_epoch),
+        "best_checkpoint": os.path.abspath(best_checkpoint) if best_checkpoint else None,
+        "oracle_test_acc": oracle_best["target_acc"] if oracle_best else None,
+        "oracle_epoch": oracle_best["epoch"] if oracle_best else None,
+        "epochs_run": len(history),
+        "bad_videos": int(_f(m.get("data/bad_videos")) or 0),
+        "history": history,
+    }
+
+
+def write_results(run_dir: str, results: dict) -> str:
+    """Write ``results.json`` atomically; returns its path."""
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, RESULTS_FILE)
+    with open(path + ".tmp", "w") as fh:
+        json.dump(results, fh, indent=2)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def print_table(results: dict, path: str) -> None:
+    """Per-domain table: source-domain validation and held-out target-domain test accuracy."""
+    from rich.console import Console
+    from rich.table import Table
+
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    table = Table(title=f"{results['strategy']} on {results['backbone']}: accuracy (%) at best epoch {results['best_epoch']}")
+    table.add_column("domain")
+    table.add_column("role")
+    table.add_column("accuracy", justify="right")
+    for d, v in results["val_acc_per_domain"].items():
+        table.add_row(d, "source (val split)", pct(v))
+    for d, v in results["test_acc_per_domain"].items():
+        table.add_row(d, "target (held out)", pct(v))
+    table.add_section()
+    table.add_row("mean", "source val", pct(results["val_acc"]))
+    table.add_row("mean", "target test", pct(results["test_acc"]))
+    gap = None if results["val_acc"] is None or results["test_acc"] is None else results["val_acc"] - results["test_acc"]
+    table.add_row("gap", "source - target", pct(gap))
+    console = Console()
+    console.print(table)
+    if results.get("bad_videos"):
+        console.print(f"bad videos replaced during training: {results['bad_videos']}")
+    console.print(f"results: {path}")

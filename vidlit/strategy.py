@@ -1,0 +1,256 @@
+"""The shared base of every strategy (DG method): backbone + head, fine-tuning policies,
+optimizer and schedule, per-domain metrics.
+
+A strategy is one file in ``strategies/`` that subclasses :class:`Strategy`, registers itself
+and overrides :meth:`Strategy.compute_loss`::
+
+    @register_strategy("my_method")
+    class MyMethod(Strategy):
+        def compute_loss(self, batch):
+            feats = self.features(batch["video"])
+            loss = F.cross_entropy(self.head(feats), batch["label"])
+            return loss, {"cls_loss": loss}
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Callable, Literal, Optional
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from vidlit.backbones import BACKBONES, NORM_PRESETS, build_backbone
+from vidlit.metrics import PerDomainAccuracy
+from vidlit.registry import Registry
+
+STRATEGIES: Registry[type] = Registry("strategy", "--strategy")
+STRATEGIES.scan("strategies")
+
+
+def register_strategy(name: str) -> Callable[[type], type]:
+    return STRATEGIES.register(name)
+
+
+class Strategy(pl.LightningModule):
+    """Fine-tuning (ERM) on a registered backbone; subclasses change the training loss.
+
+    Batches are dicts with ``video`` (B, C, T, H, W) uint8 (normalised here, on the device),
+    ``label`` (B,) and ``domain`` (B,) (index of the source domain in training and validation,
+    of the target domain in test).
+
+    Args:
+        num_classes: set from the data.
+        num_domains: number of source domains, set from the data.
+        backbone: registered backbone name (``python -m vidlit list``); also ``--backbone``.
+        pretrained: None (random init), a local weights file, or ``default`` (the library's
+            weights from the local torch hub cache; never downloaded).
+        freeze: ``none`` (full fine-tune), ``backbone`` (linear probe) or ``all_but_N``
+            (train only the last N backbone stages).
+        freeze_bn: keep every BatchNorm in eval mode (frozen statistics) while training.
+        lr: learning rate of the head (and of any other new module).
+        backbone_lr_mult: backbone lr = lr x this (default 0.1 when pretrained, else 1).
+        optimizer: ``adamw`` or ``sgd`` (momentum 0.9, nesterov).
+        weight_decay: decoupled weight decay.
+        warmup_epochs: linear warmup length, then cosine decay to 0 at the last step.
+        label_smoothing: cross-entropy label smoothing.
+        dropout: dropout before the head.
+        channels_last: use ``channels_last_3d`` memory format for 5-D inputs.
+        compile: ``torch.compile`` the backbone.
+        seed: seed of the randomness inside training steps (see :meth:`step_generator`).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 0,
+        num_domains: int = 0,
+        backbone: str = "tiny3d",
+        pretrained: Optional[str] = None,
+        freeze: str = "none",
+        freeze_bn: bool = False,
+        lr: float = 2e-3,
+        backbone_lr_mult: Optional[float] = None,
+        optimizer: Literal["adamw", "sgd"] = "adamw",
+        weight_decay: float = 0.05,
+        warmup_epochs: float = 1.0,
+        label_smoothing: float = 0.0,
+        dropout: float = 0.0,
+        channels_last: bool = False,
+        compile: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2 (got {num_classes}); it is normally set from the data")
+        spec = BACKBONES.get(backbone)
+        self.backbone = build_backbone(backbone, pretrained)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.backbone.out_dim, num_classes))
+        mean, std = NORM_PRESETS[spec.norm]
+        self.register_buffer("_mean", torch.tensor(mean).view(1, 3, 1, 1, 1) * 255, persistent=False)
+        self.register_buffer("_std", torch.tensor(std).view(1, 3, 1, 1, 1) * 255, persistent=False)
+        self._frozen_modules = self._apply_freeze(freeze)
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last_3d)
+        self._forward_backbone = torch.compile(self.backbone) if compile else self.backbone
+        self.domain_names: dict[str, list[str]] = {}
+
+    # ----------------------------------------------------------------- model
+    def _apply_freeze(self, policy: str) -> list[nn.Module]:
+        """Set requires_grad per the freeze policy; return the BatchNorms to keep in eval mode."""
+        stages = self.backbone.stages()
+        if policy == "none":
+            return []
+        if policy == "backbone":
+            keep: list[nn.Module] = []
+        elif (m := re.fullmatch(r"all_but_(\d+)", policy)) is not None:
+            n = int(m.group(1))
+            if n > len(stages):
+                raise ValueError(f"--model.freeze {policy}: backbone has only {len(stages)} stages ({', '.join(self.backbone.stage_names)})")
+            keep = stages[len(stages) - n :]
+        else:
+            raise ValueError(f"--model.freeze must be none, backbone or all_but_N (N stages trained), got '{policy}'")
+        trainable = {id(p) for s in keep for p in s.parameters()}
+        for p in self.backbone.parameters():
+            p.requires_grad_(id(p) in trainable)
+        return [
+            mod for mod in self.backbone.modules()
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in mod.parameters())
+        ]
+
+    def train(self, mode: bool = True) -> "Strategy":
+        super().train(mode)
+        if mode:  # frozen layers (and every BatchNorm under freeze_bn) keep their running statistics
+            for mod in self._frozen_modules:
+                mod.eval()
+            if self.hparams.freeze_bn:
+                for mod in self.modules():
+                    if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                        mod.eval()
+        return self
+
+    def normalize(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, C, T, H, W) uint8 -> float, normalised with the backbone's preset."""
+        x = (video.float() - self._mean) / self._std
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        return x
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Normalise every uint8 clip tensor of the batch (keys ``video`` or ``*_video``) on the device."""
+        if isinstance(batch, dict):
+            batch = {
+                k: self.normalize(v) if k.endswith("video") and isinstance(v, torch.Tensor) and v.dtype == torch.uint8 else v
+                for k, v in batch.items()
+            }
+        return batch
+
+    def features(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, C, T, H, W) normalised float -> (B, D)."""
+        return self._forward_backbone(video)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        """(B, C, T, H, W) normalised float -> logits (B, num_classes)."""
+        return self.head(self.features(video))
+
+    def step_generator(self) -> torch.Generator:
+        """A generator seeded by (seed, global step, rank) for random draws inside a training step,
+        so that a resumed run draws the same numbers as an uninterrupted one."""
+        g = torch.Generator(device="cpu")
+        g.manual_seed(hash((self.hparams.seed, self.global_step, self.global_rank)) & 0x7FFF_FFFF)
+        return g
+
+    # ----------------------------------------------------------------- the one method to override
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training loss of one batch and extra values to log (under ``train/``). ERM: CE."""
+        logits = self(batch["video"])
+        loss = F.cross_entropy(logits, batch["label"], label_smoothing=self.hparams.label_smoothing)
+        return loss, {}
+
+    # ----------------------------------------------------------------- loop hooks
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        k = self.hparams.num_domains
+        self.domain_names = {
+            "val": list(getattr(dm, "source_domains", [str(i) for i in range(k)])),
+            "test": list(getattr(dm, "target_domains", ["target"])),
+        }
+        self.val_acc = PerDomainAccuracy(len(self.domain_names["val"]))
+        self.val_target_acc = PerDomainAccuracy(len(self.domain_names["test"]))
+        self.test_acc = PerDomainAccuracy(len(self.domain_names["test"]))
+        self.test_confusion = MulticlassConfusionMatrix(self.hparams.num_classes)
+        from torchmetrics import SumMetric
+
+        self.bad_videos = SumMetric()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, extra = self.compute_loss(batch)
+        bs = batch["label"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        for key, value in extra.items():
+            self.log(f"train/{key}", value, batch_size=bs)
+        if "bad" in batch:
+            self.bad_videos.update(batch["bad"].sum())
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        logits = self(batch["video"])
+        metric = self.val_acc if dataloader_idx == 0 else self.val_target_acc
+        metric.update(logits, batch["label"], batch["domain"])
+        if dataloader_idx == 0:
+            loss = F.cross_entropy(logits, batch["label"])
+            self.log("val/loss", loss, batch_size=batch["label"].shape[0], add_dataloader_idx=False)
+
+    def _log_domains(self, prefix: str, metric: PerDomainAccuracy, names: list[str]) -> None:
+        acc = metric.compute().reshape(-1)  # torchmetrics squeezes a single domain to 0-d
+        for name, value in zip(names, acc):
+            self.log(f"{prefix}/acc/{name}", value.float(), add_dataloader_idx=False)
+        self.log(f"{prefix}/acc", acc.float().nanmean(), prog_bar=prefix == "val", add_dataloader_idx=False)
+        metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_domains("val", self.val_acc, self.domain_names["val"])
+        if self.val_target_acc.update_called:
+            self._log_domains("val_target", self.val_target_acc, self.domain_names["test"])
+        self.log("data/bad_videos", self.bad_videos.compute().float(), add_dataloader_idx=False)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self(batch["video"])
+        self.test_acc.update(logits, batch["label"], batch["domain"])
+        self.test_confusion.update(logits, batch["label"])
+
+    def on_test_epoch_end(self) -> None:
+        self.test_confusion_matrix = self.test_confusion.compute().cpu()
+        self.test_confusion.reset()
+        self._log_domains("test", self.test_acc, self.domain_names["test"])
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        return {"probs": self(batch["video"]).softmax(-1), "label": batch["label"], "domain": batch["domain"]}
+
+    # ----------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> Any:
+        h = self.hparams
+        mult = h.backbone_lr_mult if h.backbone_lr_mult is not None else (0.1 if h.pretrained else 1.0)
+        bb_ids = {id(p) for p in self.backbone.parameters()}
+        backbone_params = [p for p in self.backbone.parameters() if p.requires_grad]
+        other = [p for p in self.parameters() if p.requires_grad and id(p) not in bb_ids]
+        groups = [g for g in ({"params": backbone_params, "lr": h.lr * mult}, {"params": other, "lr": h.lr}) if g["params"]]
+        if h.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=h.lr, momentum=0.9, nesterov=True, weight_decay=h.weight_decay)
+        else:
+            opt = torch.optim.AdamW(groups, lr=h.lr, weight_decay=h.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        epochs = max(1, self.trainer.max_epochs or 1)
+        warmup = int(h.warmup_epochs * total / epochs)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
