@@ -16,7 +16,7 @@ import warnings
 from typing import Any, Optional
 
 import yaml
-from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from vidlit.backbones import BACKBONES, PretrainedWeightsError
@@ -47,7 +47,7 @@ class VidlitCLI(LightningCLI):
                 "use_distributed_sampler": False,  # the DataModule shards domain-balanced batches itself
                 "max_epochs": 12,
                 "log_every_n_steps": 5,
-                "callbacks": [LearningRateMonitor(logging_interval="step"), RichProgressBar()],
+                "callbacks": [LearningRateMonitor(logging_interval="step")],
             },
             save_config_kwargs={"overwrite": True},
         )
@@ -83,6 +83,9 @@ class VidlitCLI(LightningCLI):
             from vidlit.loggers import build_loggers
 
             kwargs["logger"] = build_loggers(self.run_dir, self.config, self.subcommand)
+        callbacks = list(cfg.trainer.callbacks or [])
+        if cfg.trainer.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            kwargs["callbacks"] = callbacks + [RichProgressBar()]
         trainer = super().instantiate_trainer(**kwargs)
         self.history = HistoryCallback()
         trainer.callbacks.append(self.history)
@@ -208,7 +211,9 @@ def _one_line(err: BaseException) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    start = time.time()
+    from vidlit import START_TIME
+
+    start = START_TIME if argv is None or argv == sys.argv[1:] else time.time()
     command = argv[0] if argv else ""
     try:
         if command == "list":

@@ -19,7 +19,7 @@ def _f(x: Any) -> Optional[float]:
     if x is None:
         return None
     v = float(x.item() if isinstance(x, torch.Tensor) else x)
-    return None if math.isnan(v) else v
+    return None if math.isnan(v) else round(v, 6)
 
 
 class AtomicModelCheckpoint(ModelCheckpoint):
