@@ -135,7 +135,7 @@ class Strategy(pl.LightningModule):
     def normalize(self, video: torch.Tensor) -> torch.Tensor:
         """(B, C, T, H, W) uint8 -> float, normalised with the backbone's preset."""
         x = (video.float() - self._mean) / self._std
-        if self.hparams.channels_last:
+        if self.hparams.channels_last and x.dim() == 5:  # (B, V, C, T, H, W) views: per chunk in _video_probs
             x = x.contiguous(memory_format=torch.channels_last_3d)
         return x
 
@@ -217,10 +217,27 @@ class Strategy(pl.LightningModule):
             self._log_domains("val_target", self.val_target_acc, self.domain_names["test"])
         self.log("data/bad_videos", self.bad_videos.compute().float(), add_dataloader_idx=False)
 
+    def _video_probs(self, video: torch.Tensor) -> torch.Tensor:
+        """Class probabilities per video: (B, C, T, H, W) -> softmax (B, K); (B, V, C, T, H, W)
+        (V test views) -> softmax averaged over the views (B, K), the model running on at most
+        the DataModule's ``eval_batch_size`` clips at a time to bound memory."""
+        if video.dim() == 5:
+            return self(video).float().softmax(-1)
+        b, v = video.shape[:2]
+        flat = video.flatten(0, 1)
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        chunk = int(getattr(dm, "eval_batch_size", 0) or flat.shape[0])
+        probs = []
+        for part in flat.split(chunk):
+            if self.hparams.channels_last:
+                part = part.contiguous(memory_format=torch.channels_last_3d)
+            probs.append(self(part).float().softmax(-1))
+        return torch.cat(probs).view(b, v, -1).mean(1)
+
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        logits = self(batch["video"])
-        self.test_acc.update(logits, batch["label"], batch["domain"])
-        self.test_confusion.update(logits, batch["label"])
+        probs = self._video_probs(batch["video"])
+        self.test_acc.update(probs, batch["label"], batch["domain"])
+        self.test_confusion.update(probs, batch["label"])
 
     def on_test_epoch_end(self) -> None:
         self.test_confusion_matrix = self.test_confusion.compute().cpu()
@@ -228,7 +245,7 @@ class Strategy(pl.LightningModule):
         self._log_domains("test", self.test_acc, self.domain_names["test"])
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"probs": self(batch["video"]).softmax(-1), "label": batch["label"], "domain": batch["domain"]}
+        return {"probs": self._video_probs(batch["video"]), "label": batch["label"], "domain": batch["domain"]}
 
     # ----------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> Any:

@@ -7,9 +7,10 @@ batches, DDP sharding -- is shared. See ``datamodules/folder.py`` for the smalle
 from __future__ import annotations
 
 import os
+import re
 from abc import abstractmethod
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Literal, Optional
+from typing import Callable, Literal, Optional, Union
 
 import lightning.pytorch as pl
 import numpy as np
@@ -17,8 +18,10 @@ from torch.utils.data import DataLoader
 
 from vidlit.backbones import BACKBONES
 from vidlit.data.clips import ClipDataset, ClipTransform
+from vidlit.data.decoders import RecordDecoder, resolve_decoder
 from vidlit.data.records import DataError, VideoRecord, check_classes, check_domains, holdout_split
-from vidlit.data.sampler import DomainBalancedBatchSampler
+from vidlit.data.sampler import DomainBalancedBatchSampler, SourceTargetBatchSampler
+from vidlit.data.target import SourceTargetDataset, collate_source_target
 from vidlit.data.video_io import VideoDecodeError, probe_video
 from vidlit.registry import Registry
 
@@ -38,7 +41,11 @@ class MultiDomainDataModule(pl.LightningDataModule):
     Validation: the held-out part (``holdout_fraction``, split by video or group) of each source
     domain, then (when ``eval_target_each_epoch``) the target domains as a second loader, which
     makes oracle model selection possible. Test: every video of the target domains, ``domain``
-    indexing ``target_domains``.
+    indexing ``target_domains``; with ``test_views`` other than ``1x1``, test and predict batches
+    hold ``video`` (B, V, C, T, H, W), the V views of each video. With ``unlabeled_target``, train
+    batches also hold ``target_video`` (B_t, C, T, H, W) uint8 and ``target_domain`` (B_t,), clips
+    of the target domains without labels (see :meth:`unlabeled_target_records`).
+    T is ``num_clips * num_frames``. See docs/DATA_LOADING.md.
 
     Args:
         root: dataset folder; its meaning is the subclass's.
@@ -48,6 +55,9 @@ class MultiDomainDataModule(pl.LightningDataModule):
         backbone: set from ``--backbone``; gives the default ``num_frames`` and ``size``.
         num_frames: frames per clip (default: the backbone's preference).
         frame_stride: take every n-th frame.
+        num_clips: TSN segments: the video is split into this many equal parts and one snippet of
+            ``num_frames`` frames is taken from each (random offset in training, centred in
+            evaluation); the snippets are concatenated along T.
         size: square crop size in pixels (default: the backbone's preference).
         batch_size: clips per training step per device, split evenly over the source domains.
         eval_batch_size: clips per evaluation step (default: ``batch_size``).
@@ -65,6 +75,16 @@ class MultiDomainDataModule(pl.LightningDataModule):
         eval_target_each_epoch: also evaluate the target domains each epoch (logged as
             ``val_target/*``; used only for the oracle upper bound, never for selection).
         seed: augmentation and batch-order seed.
+        decoder: ``pyav`` (default: it measured faster than torchcodec in the loader benchmark),
+            ``auto`` (torchcodec when it can run here, else PyAV), ``torchcodec``, or ``frames``
+            (every record must be a folder of frames).
+        test_views: ``CLIPSxCROPS`` views per test video, e.g. ``10x3``: evenly spaced clips times
+            left/centre/right (top/centre/bottom for portrait) crops; the strategy averages the
+            softmax over the views. Test batches then hold ``eval_batch_size // V`` videos (at
+            least one) and the model runs on at most ``eval_batch_size`` clips at a time.
+        unlabeled_target: add unlabeled target-domain clips to every training batch
+            (``target_video``), for domain adaptation methods.
+        target_batch_size: target clips per training batch (default: ``batch_size``).
     """
 
     def __init__(
@@ -90,6 +110,11 @@ class MultiDomainDataModule(pl.LightningDataModule):
         on_bad_video: Literal["error", "skip"] = "error",
         eval_target_each_epoch: bool = True,
         seed: int = 0,
+        decoder: Literal["auto", "pyav", "torchcodec", "frames"] = "pyav",
+        num_clips: int = 1,
+        test_views: Union[str, int] = "1x1",
+        unlabeled_target: bool = False,
+        target_batch_size: Optional[int] = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -100,8 +125,14 @@ class MultiDomainDataModule(pl.LightningDataModule):
         self.frame_stride, self.batch_size = frame_stride, batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
+        self.num_clips = int(num_clips)
+        if self.num_clips < 1:
+            raise DataError(f"--data.num_clips must be >= 1, got {num_clips}")
+        self.test_views = parse_views(test_views)
+        self.target_batch_size = target_batch_size or batch_size
         self._source, self._target, self._classes = source_domains, target_domains, classes
         self._indexed = False
+        self._decoder: Optional[RecordDecoder] = None
 
     # ----------------------------------------------------------------- to implement per dataset
     @abstractmethod
@@ -114,6 +145,8 @@ class MultiDomainDataModule(pl.LightningDataModule):
 
     # ----------------------------------------------------------------- indexing
     def _probe(self, rec: VideoRecord) -> tuple[VideoRecord, Optional[str]]:
+        if self.hparams.decoder == "frames" and rec.kind != "frames":
+            return rec, f"{rec.path}: a video file, but --data.decoder frames reads frame folders only"
         if rec.num_frames > 0:
             return rec, None
         try:
@@ -170,24 +203,43 @@ class MultiDomainDataModule(pl.LightningDataModule):
         return len(self.source_domains)
 
     # ----------------------------------------------------------------- datasets and loaders
-    def _dataset(self, records: list[VideoRecord], domains: list[str], train: bool) -> ClipDataset:
+    def _dataset(
+        self, records: list[VideoRecord], domains: list[str], train: bool, views: tuple[int, int] = (1, 1), stream: int = 0
+    ) -> ClipDataset:
         h = self.hparams
         transform = ClipTransform(self.size, train, tuple(h.crop_scale), h.flip, h.color_jitter)
         return ClipDataset(
             records, self.class_names, domains, self.num_frames, self.frame_stride, transform,
             seed=h.seed, train=train, short=h.short_video, on_bad_video=h.on_bad_video if train else "error",
-            flip_label_map=h.flip_label_map, decode=self.decoder(),
+            flip_label_map=h.flip_label_map, decode=self.decoder(), num_clips=self.num_clips, views=views, stream=stream,
         )
 
     def decoder(self) -> Optional[Callable[[VideoRecord, np.ndarray], np.ndarray]]:
-        """Function (record, frame indices) -> (T, H, W, 3) uint8; None = PyAV."""
-        return None
+        """Function (record, frame indices) -> (T, H, W, 3) uint8, picklable for DataLoader
+        workers: the ``--data.decoder`` backend for video files, the frame reader for frame
+        folders. Subclasses may override it (None = PyAV)."""
+        if self._decoder is None:
+            self._decoder = RecordDecoder(resolve_decoder(self.hparams.decoder))
+        return self._decoder
+
+    def unlabeled_target_records(self) -> list[VideoRecord]:
+        """Target clips for ``unlabeled_target`` training: by default every target video (the
+        transductive setting of most video DA papers); a format with a target training split
+        can return that instead."""
+        return self.test_records
 
     def setup(self, stage: str) -> None:
         self.prepare_index()
         self.train_set = self._dataset(self.train_records, self.source_domains, train=True)
         self.val_set = self._dataset(self.val_records, self.source_domains, train=False)
-        self.test_set = self._dataset(self.test_records, self.target_domains, train=False)
+        self.test_set = self._dataset(self.test_records, self.target_domains, train=False)  # one view per video
+        self.test_view_set = self.test_set
+        if self.test_views != (1, 1):  # for test and predict only: items (V, C, T, H, W)
+            self.test_view_set = self._dataset(self.test_records, self.target_domains, train=False, views=self.test_views)
+        self.target_train_set = None
+        if self.hparams.unlabeled_target:
+            # its own random stream, so target augmentation is not a copy of the source's
+            self.target_train_set = self._dataset(self.unlabeled_target_records(), self.target_domains, train=True, stream=1)
 
     def _loader(self, dataset: ClipDataset, **kw) -> DataLoader:
         workers = self.num_workers
@@ -203,10 +255,18 @@ class MultiDomainDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        sampler = DomainBalancedBatchSampler(
-            self.train_set.domain_ids, self.batch_size, seed=self.hparams.seed, rank=rank, world_size=world
+        seed = self.hparams.seed
+        sampler = DomainBalancedBatchSampler(self.train_set.domain_ids, self.batch_size, seed=seed, rank=rank, world_size=world)
+        if self.target_train_set is None:
+            return self._loader(self.train_set, batch_sampler=sampler)
+        target = DomainBalancedBatchSampler(
+            self.target_train_set.domain_ids, self.target_batch_size, seed=seed, rank=rank, world_size=world,
+            salt=1, flag="--data.target_batch_size", role="target",
         )
-        return self._loader(self.train_set, batch_sampler=sampler)
+        return self._loader(
+            SourceTargetDataset(self.train_set, self.target_train_set),
+            batch_sampler=SourceTargetBatchSampler(sampler, target), collate_fn=collate_source_target,
+        )
 
     def val_dataloader(self) -> list[DataLoader]:
         loaders = [self._loader(self.val_set, batch_size=self.eval_batch_size)]
@@ -214,8 +274,27 @@ class MultiDomainDataModule(pl.LightningDataModule):
             loaders.append(self._loader(self.test_set, batch_size=self.eval_batch_size))
         return loaders
 
+    def _test_batch_size(self) -> int:
+        """Whole videos per test batch: about ``eval_batch_size`` clips with all their views."""
+        return max(1, self.eval_batch_size // (self.test_views[0] * self.test_views[1]))
+
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, batch_size=self.eval_batch_size)
+        return self._loader(self.test_view_set, batch_size=self._test_batch_size())
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, batch_size=self.eval_batch_size)
+        return self._loader(self.test_view_set, batch_size=self._test_batch_size())
+
+
+def parse_views(value: Union[str, int, tuple]) -> tuple[int, int]:
+    """``"10x3"`` -> (10, 3) (clips x crops); ``"10"`` or 10 -> (10, 1)."""
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        clips, crops = value
+    else:
+        m = re.fullmatch(r"\s*(\d+)\s*(?:[xX*]\s*(\d+))?\s*", str(value))
+        if not m:
+            raise DataError(f"--data.test_views must be CLIPSxCROPS, e.g. 10x3 or 1x1, got '{value}'")
+        clips, crops = m.group(1), m.group(2) or 1
+    clips, crops = int(clips), int(crops)
+    if clips < 1 or crops < 1:
+        raise DataError(f"--data.test_views needs at least 1 clip and 1 crop, got '{value}'")
+    return clips, crops
