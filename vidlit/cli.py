@@ -20,9 +20,11 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichPr
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from vidlit.backbones import BACKBONES, PretrainedWeightsError
+from vidlit.callbacks import default_callbacks
 from vidlit.data.datamodule import DATAMODULES
 from vidlit.data.records import DataError
 from vidlit.data.video_io import VideoDecodeError
+from vidlit.loggers import WandbOptions
 from vidlit.registry import UnknownNameError
 from vidlit.results import AtomicModelCheckpoint, HistoryCallback, build_results, print_table, write_results
 from vidlit.strategy import STRATEGIES
@@ -45,7 +47,7 @@ class VidlitCLI(LightningCLI):
             seed_everything_default=0,
             trainer_defaults={
                 "use_distributed_sampler": False,  # the DataModule shards domain-balanced batches itself
-                "max_epochs": 12,
+                "max_epochs": 15,
                 "log_every_n_steps": 5,
                 "callbacks": [LearningRateMonitor(logging_interval="step")],
             },
@@ -56,6 +58,7 @@ class VidlitCLI(LightningCLI):
         parser.add_argument("--strategy", default=self.strategy_name, help=f"DG method: {', '.join(STRATEGIES.names())}")
         parser.add_argument("--dataset", default=self.dataset_name, help=f"dataset format: {', '.join(DATAMODULES.names())}")
         parser.add_lightning_class_args(AtomicModelCheckpoint, "checkpoint")
+        parser.add_class_arguments(WandbOptions, "wandb")
         parser.set_defaults({
             "checkpoint.monitor": "val/acc", "checkpoint.mode": "max", "checkpoint.save_last": True,
             "checkpoint.filename": "best-{epoch:03d}", "checkpoint.auto_insert_metric_name": True,
@@ -68,6 +71,8 @@ class VidlitCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
+        if cfg.get("ckpt_path") == "last" and not cfg.trainer.default_root_dir:
+            raise ValueError("--ckpt_path last resumes a run: also pass --trainer.default_root_dir RUN_DIR (the run's folder, with checkpoints/last.ckpt)")
         self.run_dir = _resolve_run_dir(cfg.trainer.default_root_dir, self.strategy_name, self.dataset_name)
         cfg.trainer.default_root_dir = self.run_dir
         if cfg.checkpoint.dirpath is None:
@@ -83,12 +88,16 @@ class VidlitCLI(LightningCLI):
             from vidlit.loggers import build_loggers
 
             kwargs["logger"] = build_loggers(self.run_dir, self.config, self.subcommand)
-        callbacks = list(cfg.trainer.callbacks or [])
+        callbacks = self._get(self.config_init, "trainer", default={}).get("callbacks") or []  # instantiated ones
+        callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         if cfg.trainer.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
             kwargs["callbacks"] = callbacks + [RichProgressBar()]
         trainer = super().instantiate_trainer(**kwargs)
+        if not trainer.loggers:  # --trainer.logger false: LearningRateMonitor would refuse to start
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
         self.history = HistoryCallback()
         trainer.callbacks.append(self.history)
+        trainer.callbacks.extend(default_callbacks())
         return trainer
 
     def after_fit(self) -> None:
@@ -132,7 +141,10 @@ def _resolve_run_dir(given: Optional[str], strategy: str, dataset: str) -> str:
     elif os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get(RUN_DIR_ENV):
         run_dir = os.environ[RUN_DIR_ENV]
     else:
-        run_dir = os.path.join("runs", f"{strategy}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+        name = f"{strategy}-{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):  # a `wandb agent` run
+            name += "-" + os.environ["WANDB_RUN_ID"]
+        run_dir = os.path.join("runs", name)
     os.environ[RUN_DIR_ENV] = run_dir
     return run_dir
 

@@ -5,12 +5,14 @@ import json
 import math
 import os
 import re
+import shutil
 from typing import Any, Optional
 from weakref import proxy
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 
 RESULTS_FILE = "results.json"
 
@@ -23,20 +25,74 @@ def _f(x: Any) -> Optional[float]:
 
 
 class AtomicModelCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint whose files are written to a temporary name and renamed into place, so a
-    crash mid-write never leaves a truncated ``best``/``last`` checkpoint."""
+    """ModelCheckpoint whose files are written to a temporary name, flushed to disk and renamed into
+    place, so a crash (even ``kill -9`` or a power loss) mid-write never leaves a truncated
+    ``best``/``last`` checkpoint.
+
+    ``last`` is refreshed after every validation (or training epoch, when validation does not
+    run), as resuming needs: since Lightning 2.6 ``save_last`` alone rewrites it only when a
+    top-k (best) checkpoint is saved at the same step.
+    """
+
+    _last_refreshed_step: int = -1
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         tmp = filepath + ".tmp"
         trainer.save_checkpoint(tmp, self.save_weights_only)
         if trainer.is_global_zero:
+            _fsync(tmp)
+            if os.path.isdir(tmp) and os.path.isdir(filepath):  # sharded checkpoints are folders
+                shutil.rmtree(filepath)
             os.replace(tmp, filepath)
+            _fsync(os.path.dirname(os.path.abspath(filepath)))
         trainer.strategy.barrier("vidlit.atomic_checkpoint")
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.after_save_checkpoint(proxy(self))
+
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        super()._save_last_checkpoint(trainer, monitor_candidates)
+        if self.save_last:
+            self._last_refreshed_step = trainer.global_step
+
+    def _refresh_last(self, trainer: pl.Trainer) -> None:
+        if (
+            not self.save_last
+            or trainer.fast_dev_run
+            or trainer.state.fn != TrainerFn.FITTING
+            or trainer.sanity_checking
+            or self._last_refreshed_step == trainer.global_step
+        ):
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+
+def _fsync(path: str) -> None:
+    """Flush a file (or a folder's entries) to disk; a no-op where the OS does not allow it."""
+    if os.path.isdir(path) and os.name == "nt":
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class HistoryCallback(Callback):
@@ -66,7 +122,12 @@ class HistoryCallback(Callback):
         return {"history": self.history}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.history = list(state_dict.get("history", []))
+        """Rows already recorded win over the checkpoint's: Lightning restores callback states on
+        every load, including ``trainer.test(ckpt_path=best)`` after fit, which would otherwise
+        drop the epochs after the best one."""
+        have = {h["epoch"] for h in self.history}
+        loaded = [h for h in state_dict.get("history", []) if h["epoch"] not in have]
+        self.history = sorted(loaded + self.history, key=lambda h: h["epoch"])
 
 
 def best_epoch_from_path(path: str) -> Optional[int]:
@@ -117,6 +178,7 @@ def write_results(run_dir: str, results: dict) -> str:
     path = os.path.join(run_dir, RESULTS_FILE)
     with open(path + ".tmp", "w") as fh:
         json.dump(results, fh, indent=2)
+    _fsync(path + ".tmp")
     os.replace(path + ".tmp", path)
     return path
 

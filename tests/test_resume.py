@@ -1,0 +1,137 @@
+"""Crash-safe resume: ``kill -9`` mid-epoch, then ``fit ... --ckpt_path last`` finishes with the
+same results as an uninterrupted run, in the same W&B run."""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from tests.helpers import REPO, run_vidlit
+from tests.test_reproducible import accuracies, assert_same_weights, final_weights, fit_args, load_results, reference_run
+from vidlit.loggers import WANDB_ID_FILE, read_wandb_file
+from vidlit.results import AtomicModelCheckpoint, HistoryCallback
+
+# Lightning's TQDM bar prints "Epoch 1:  33%|###   | 2/6 [...]" (to stdout): steps done in the second epoch
+EPOCH1_STEP = re.compile(r"Epoch 1:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)")
+TQDM = ["--trainer.enable_progress_bar", "true", "--trainer.callbacks", "lightning.pytorch.callbacks.TQDMProgressBar"]
+
+
+def _fit_until_mid_second_epoch(args: list[str], timeout: float = 300) -> str:
+    """Start ``python -m vidlit ARGS``, SIGKILL it once the second epoch has done a training step
+    (but not all of them); returns what it printed."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="offline")
+    proc = subprocess.Popen([sys.executable, "-m", "vidlit", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seen: list[str] = []
+    killed = threading.Event()
+
+    def watch() -> None:
+        while True:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                return
+            seen.append(chunk.decode(errors="replace"))
+            steps = [(int(a), int(b)) for a, b in EPOCH1_STEP.findall("".join(seen)[-2000:])]
+            if not killed.is_set() and any(0 < a < b for a, b in steps):
+                proc.send_signal(signal.SIGKILL)
+                killed.set()
+
+    reader = threading.Thread(target=watch, daemon=True)
+    reader.start()
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(timeout=10)
+    text = "".join(seen)
+    assert killed.is_set(), f"the run ended (exit {proc.returncode}) before it could be killed mid-epoch:\n{text[-3000:]}"
+    assert proc.returncode == -signal.SIGKILL
+    return text
+
+
+@pytest.mark.slow
+def test_kill_mid_epoch_then_resume_matches_uninterrupted_run(tiny_root, tmp_path_factory, tmp_path):
+    reference_dir = reference_run(tiny_root, str(tmp_path_factory.getbasetemp()))
+    reference = load_results(reference_dir)
+    run_dir = str(tmp_path / "run")
+    _fit_until_mid_second_epoch(fit_args(tiny_root, run_dir) + TQDM)
+
+    # killed mid-epoch 1: last.ckpt (written atomically) is epoch 0's, with its history; no results
+    assert not os.path.exists(os.path.join(run_dir, "results.json"))
+    ckpt = torch.load(os.path.join(run_dir, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 0
+    assert [h["epoch"] for h in ckpt["callbacks"]["HistoryCallback"]["history"]] == [0]
+    with open(os.path.join(run_dir, WANDB_ID_FILE)) as fh:
+        run_id = fh.read().strip()
+
+    proc = run_vidlit(*fit_args(tiny_root, run_dir), "--ckpt_path", "last", env={"WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "Restoring states from the checkpoint path at " + os.path.join(run_dir, "checkpoints", "last.ckpt") in proc.stderr + proc.stdout
+
+    resumed = load_results(run_dir)
+    assert resumed["epochs_run"] == 2  # epoch 0 from before the kill survives in the history
+    assert accuracies(resumed) == accuracies(reference)
+    assert_same_weights(final_weights(run_dir), final_weights(reference_dir))  # trained exactly alike
+
+    # one W&B run: both processes logged under the id kept in the run dir
+    with open(os.path.join(run_dir, WANDB_ID_FILE)) as fh:
+        assert fh.read().strip() == run_id
+    offline = sorted(glob.glob(os.path.join(run_dir, "wandb", "offline-run-*")))
+    assert len(offline) == 2 and all(d.endswith("-" + run_id) for d in offline)
+    records = read_wandb_file(os.path.join(offline[-1], f"run-{run_id}.wandb"))
+    assert [r.run.run_id for r in records if r.WhichOneof("record_type") == "run"] == [run_id]
+    # the killed process's log holds what W&B had flushed (maybe nothing), possibly ending in a torn
+    # record: it still reads, and `wandb sync` uploads both folders into one run
+    assert isinstance(read_wandb_file(os.path.join(offline[0], f"run-{run_id}.wandb")), list)
+
+
+def test_ckpt_path_last_needs_the_run_dir(tiny_root, capsys):
+    from vidlit.cli import main
+
+    assert main(["fit", "--data.root", tiny_root, "--ckpt_path", "last"]) == 2
+    assert "--ckpt_path last resumes a run: also pass --trainer.default_root_dir" in capsys.readouterr().err
+
+
+class _FallingAccuracy(pl.LightningModule):
+    """val/acc falls every epoch, so only epoch 0 is ever the best checkpoint."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/acc", 1.0 / (1 + self.current_epoch))
+
+    def test_step(self, batch, batch_idx):
+        self.log("test/acc", 0.5)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_last_checkpoint_is_the_last_epoch_and_history_survives_testing_the_best(tmp_path):
+    data = DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=2)
+    ckpt = AtomicModelCheckpoint(dirpath=str(tmp_path), monitor="val/acc", mode="max", save_last=True, filename="best-{epoch:03d}")
+    history = HistoryCallback()
+    trainer = pl.Trainer(max_epochs=3, callbacks=[ckpt, history], logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0)
+    trainer.fit(_FallingAccuracy(), data, data)
+    assert sorted(os.listdir(tmp_path)) == ["best-epoch=000.ckpt", "last.ckpt"]  # no .tmp left behind
+    last = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 2  # Lightning 2.6's save_last alone would leave epoch 0 here
+    assert [h["epoch"] for h in last["callbacks"]["HistoryCallback"]["history"]] == [0, 1, 2]
+    trainer.test(ckpt_path=ckpt.best_model_path, dataloaders=data, verbose=False)  # restores callback states
+    assert [h["epoch"] for h in history.history] == [0, 1, 2]
