@@ -29,7 +29,7 @@ class FolderDataModule(MultiDomainDataModule):
     def __init__(
         self,
         *args: Any,
-        synthetic_videos_per_class: int = 24,
+        synthetic_videos_per_class: int = 32,
         synthetic_seed: int = 0,
         cache_dir: Optional[str] = None,
         **kwargs: Any,

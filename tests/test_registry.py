@@ -32,7 +32,7 @@ def test_every_backbone_builds_and_runs(name):
     spec = BACKBONES.get(name)
     bb = build_backbone(name)
     size = 224 if name == "mvit_v2_s" else 64
-    frames = spec.num_frames if name in ("mvit_v2_s", "slowfast_r50") else 4
+    frames = spec.num_frames if name in ("mvit_v2_s", "slowfast_r50", "s3d") else 4
     with torch.no_grad():
         y = bb.eval()(torch.randn(1, 3, frames, size, size))
     assert y.shape == (1, bb.out_dim)

@@ -111,6 +111,7 @@ class HistoryCallback(Callback):
             "epoch": trainer.current_epoch,
             "step": trainer.global_step,
             "val_acc": _f(m.get("val/acc")),
+            "bad_videos": int(_f(m.get("data/bad_videos")) or 0),
             "val_acc_per_domain": {d: _f(m.get(f"val/acc/{d}")) for d in names.get("val", [])},
         }
         if "val_target/acc" in m:
@@ -167,7 +168,7 @@ def build_results(
         "oracle_test_acc": oracle_best["target_acc"] if oracle_best else None,
         "oracle_epoch": oracle_best["epoch"] if oracle_best else None,
         "epochs_run": len(history),
-        "bad_videos": int(_f(m.get("data/bad_videos")) or 0),
+        "bad_videos": int(sum(h.get("bad_videos") or 0 for h in history)),
         "history": history,
     }
 

@@ -13,7 +13,7 @@ texture    random stripes / checkerboard background, random object colour
 =========  ==============================================================
 
 The set is deterministic from ``seed`` and is written once to
-``<cache>/synthetic-v1-s<seed>-n<videos_per_class>-<size>px`` in the folder layout
+``<cache>/synthetic-v2-s<seed>-n<videos_per_class>-<size>px`` in the folder layout
 ``<domain>/<class>/<video>.mp4``, then reused.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from vidlit.data.video_io import write_video
 
 DOMAINS = ("clean", "colour", "shaky", "texture")
 CLASSES = ("circle", "move_down", "move_left", "move_right", "move_up")
-VERSION = "v1"
+VERSION = "v2"
 
 
 def default_cache_dir() -> str:
@@ -106,20 +106,20 @@ def render_video(domain: str, cls: str, rng: np.random.Generator, frames: int = 
         mask = (np.maximum(abs(yy - cy), abs(xx - cx)) <= r) if square else ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r)
         img = np.where(mask[..., None], colour, bg)
         if domain == "shaky":
-            shake = np.clip(shake + rng.normal(0, 1.2, 2), -3, 3)
+            shake = np.clip(shake + rng.normal(0, 0.8, 2), -2, 2)
             img = np.roll(img, tuple(np.round(shake).astype(int)), axis=(0, 1))
-            img = _box_blur(img) + rng.normal(0, 18, img.shape)
+            img = _box_blur(img) + rng.normal(0, 15, img.shape)
         out[t] = np.clip(img, 0, 255).astype(np.uint8)
     return out
 
 
-def synthetic_root(seed: int = 0, videos_per_class: int = 24, size: int = 64, cache_dir: Optional[str] = None) -> str:
+def synthetic_root(seed: int = 0, videos_per_class: int = 32, size: int = 64, cache_dir: Optional[str] = None) -> str:
     return os.path.join(cache_dir or default_cache_dir(), f"synthetic-{VERSION}-s{seed}-n{videos_per_class}-{size}px")
 
 
 def generate(
     seed: int = 0,
-    videos_per_class: int = 24,
+    videos_per_class: int = 32,
     size: int = 64,
     frames: int = 16,
     cache_dir: Optional[str] = None,
