@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from abc import abstractmethod
 from typing import Any, Optional
 
 from datamodules._common import FormatDataModule, Problems, frame_extra, numeric_order, read_list
@@ -33,13 +34,13 @@ class ListDataModule(FormatDataModule):
     def describe(self) -> str:
         return "--data.lists " + ", ".join(f"{d}: {f}" for d, f in self.lists.items())
 
+    @abstractmethod
     def parse(self, tokens: list[str]) -> tuple[str, str, dict]:
         """``(path entry, label, record extra)`` of one line; ValueError if the line is malformed."""
-        raise NotImplementedError
 
+    @abstractmethod
     def make_record(self, path: str, label: str, domain: str, extra: dict) -> Optional[VideoRecord]:
         """The record of an existing ``path`` (None: it does not exist or is of the wrong kind)."""
-        raise NotImplementedError
 
     def index_records(self) -> list[VideoRecord]:
         if not self.lists:
