@@ -109,9 +109,9 @@ def inject_grad(params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor])
 def functional_forward(module: torch.nn.Module, params: dict[str, torch.Tensor], *args: torch.Tensor) -> torch.Tensor:
     """``module(*args)`` with ``params`` (names from ``module.named_parameters()``) in place of its own.
 
-    tie_weights=False: the base strategy holds the backbone under two names (``backbone`` and
-    ``_forward_backbone``); torch's tied-weights handling would swap the alias too and restore it
-    last, leaving the functional tensors inside the module. Swapping one name reaches both.
+    tie_weights=False: a module may hold one submodule under two names (e.g. a compiled alias);
+    torch's tied-weights handling would swap the alias too and restore it last, leaving the
+    functional tensors inside the module. Swapping one name reaches both.
     """
     return functional_call(module, params, args, tie_weights=False)
 

@@ -95,7 +95,8 @@ class Strategy(pl.LightningModule):
         self._frozen_modules = self._apply_freeze(freeze)
         if channels_last:
             self.backbone.to(memory_format=torch.channels_last_3d)
-        self._forward_backbone = torch.compile(self.backbone) if compile else self.backbone
+        if compile:  # in place: parameters and checkpoint keys stay under 'backbone.' (no aliased submodule)
+            self.backbone.compile()
         self.domain_names: dict[str, list[str]] = {}
 
     # ----------------------------------------------------------------- model
@@ -150,7 +151,7 @@ class Strategy(pl.LightningModule):
 
     def features(self, video: torch.Tensor) -> torch.Tensor:
         """(B, C, T, H, W) normalised float -> (B, D)."""
-        return self._forward_backbone(video)
+        return self.backbone(video)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """(B, C, T, H, W) normalised float -> logits (B, num_classes)."""
@@ -215,7 +216,9 @@ class Strategy(pl.LightningModule):
         self._log_domains("val", self.val_acc, self.domain_names["val"])
         if self.val_target_acc.update_called:
             self._log_domains("val_target", self.val_target_acc, self.domain_names["test"])
+        # per-epoch count (reset after logging): HistoryCallback keeps each epoch's, results.json the sum
         self.log("data/bad_videos", self.bad_videos.compute().float(), add_dataloader_idx=False)
+        self.bad_videos.reset()
 
     def _video_probs(self, video: torch.Tensor) -> torch.Tensor:
         """Class probabilities per video: (B, C, T, H, W) -> softmax (B, K); (B, V, C, T, H, W)
