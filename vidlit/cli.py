@@ -47,7 +47,7 @@ class VidlitCLI(LightningCLI):
             seed_everything_default=0,
             trainer_defaults={
                 "use_distributed_sampler": False,  # the DataModule shards domain-balanced batches itself
-                "max_epochs": 15,
+                "max_epochs": 12,
                 "log_every_n_steps": 5,
                 "callbacks": [LearningRateMonitor(logging_interval="step")],
             },
