@@ -5,9 +5,10 @@ Not a dataset itself (the leading underscore keeps it out of the ``--dataset`` r
 from __future__ import annotations
 
 import os
+from abc import abstractmethod
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 from datamodules.folder import VIDEO_EXTENSIONS
 from vidlit.data.datamodule import MultiDomainDataModule
@@ -187,3 +188,47 @@ def resolve_entries(
 def check_split_number(split: int, flag: str = "--data.split") -> None:
     if split not in (1, 2, 3):
         raise DataError(f"{flag} must be 1, 2 or 3 (the official splits), got {split}")
+
+
+class OfficialSplitDataModule(FormatDataModule):
+    """Base of datasets read through their official split files (UCF101, HMDB51): domains
+    ``train`` and ``test`` (the default target). Subclasses implement :meth:`split_entries`.
+
+    Args:
+        splits_dir: folder of the official split files (default: looked up near ``--data.root``).
+        split: official split 1, 2 or 3.
+        frame_template: file names in frame folders (default: derived from the folder).
+        **kwargs: see :class:`vidlit.data.MultiDomainDataModule`.
+    """
+
+    default_target = ["test"]
+    dataset_name = "dataset"
+    root_hint = "pass the folder holding the class folders"
+
+    def __init__(
+        self, *args: Any, splits_dir: Optional[str] = None, split: int = 1, frame_template: Optional[str] = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.splits_dir, self.split, self.frame_template = splits_dir, split, frame_template
+
+    def describe(self) -> str:
+        return f"{self.dataset_name} --data.root {self.root} (split {self.split})"
+
+    @abstractmethod
+    def split_entries(self, problems: Problems) -> tuple[Optional[list[str]], list["SplitEntry"]]:
+        """(class order or None, the split's entries with part ``train`` or ``test``)."""
+
+    def index_records(self) -> list[VideoRecord]:
+        check_split_number(self.split)
+        problems = Problems()
+        if not self.root or not os.path.isdir(self.root):
+            problems.add(f"--data.root: {self.dataset_name} video folder '{self.root}' does not exist; {self.root_hint}")
+            problems.check(self.describe())
+        names, entries = self.split_entries(problems)
+        records = []
+        for part in ("train", "test"):
+            records += resolve_entries([e for e in entries if e.part == part], self.root, part, problems, self.frame_template)
+        problems.check(self.describe())
+        if names is not None:
+            self.class_order = names
+        return records

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Iterable, Optional
+from typing import Iterable, Optional
 
 from datamodules._common import (
-    FormatDataModule, Problems, SplitEntry, check_split_number, find_dir, read_list, resolve_entries,
+    OfficialSplitDataModule, Problems, SplitEntry, find_dir, read_list,
 )
 from vidlit.data.datamodule import register_datamodule
-from vidlit.data.records import VideoRecord
 
 _SPLIT_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<n>\d)\.txt$")
 SPLITS_FOLDER = "testTrainMulti_7030_splits"
@@ -64,7 +63,7 @@ def hmdb51_entries(
 
 
 @register_datamodule("hmdb51")
-class HMDB51DataModule(FormatDataModule):
+class HMDB51DataModule(OfficialSplitDataModule):
     """HMDB51 with its official split N: domains ``train`` (label 1) and ``test`` (label 2).
 
     Plain fine-tuning evaluated on the official split: ``train`` is the source (its held-out part
@@ -80,26 +79,9 @@ class HMDB51DataModule(FormatDataModule):
         **kwargs: see :class:`vidlit.data.MultiDomainDataModule`.
     """
 
-    default_target = ["test"]
+    dataset_name = "HMDB51"
+    root_hint = "pass the folder holding the class folders"
 
-    def __init__(
-        self, *args: Any, splits_dir: Optional[str] = None, split: int = 1, frame_template: Optional[str] = None, **kwargs: Any
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self.splits_dir, self.split, self.frame_template = splits_dir, split, frame_template
-
-    def describe(self) -> str:
-        return f"HMDB51 --data.root {self.root} (split {self.split})"
-
-    def index_records(self) -> list[VideoRecord]:
-        check_split_number(self.split)
-        problems = Problems()
-        if not self.root or not os.path.isdir(self.root):
-            problems.add(f"--data.root: HMDB51 video folder '{self.root}' does not exist; pass the folder holding the class folders")
-            problems.check(self.describe())
+    def split_entries(self, problems: Problems) -> tuple[Optional[list[str]], list[SplitEntry]]:
         entries = hmdb51_entries(self.root, hmdb51_splits_dir(self.root, self.splits_dir, self.split), self.split, problems)
-        records = []
-        for part in ("train", "test"):
-            records += resolve_entries([e for e in entries if e.part == part], self.root, part, problems, self.frame_template)
-        problems.check(self.describe())
-        return records
+        return None, entries

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Optional
+from typing import Optional
 
 from datamodules._common import (
-    FormatDataModule, Problems, SplitEntry, check_split_number, find_dir, read_list, resolve_entries,
+    OfficialSplitDataModule, Problems, SplitEntry, find_dir, read_list,
 )
 from vidlit.data.datamodule import register_datamodule
-from vidlit.data.records import VideoRecord
 
 _GROUP = re.compile(r"_(g\d+)_c\d+", re.IGNORECASE)
 SPLITS_FOLDER = "ucfTrainTestlist"
@@ -70,7 +69,7 @@ def ucf101_entries(splits_dir: Optional[str], split: int, problems: Problems, fl
 
 
 @register_datamodule("ucf101")
-class UCF101DataModule(FormatDataModule):
+class UCF101DataModule(OfficialSplitDataModule):
     """UCF101 with its official split N: domains ``train`` (trainlist0N) and ``test`` (testlist0N).
 
     Plain fine-tuning evaluated on the official split: ``train`` is the source (its held-out part
@@ -88,27 +87,8 @@ class UCF101DataModule(FormatDataModule):
         **kwargs: see :class:`vidlit.data.MultiDomainDataModule`.
     """
 
-    default_target = ["test"]
+    dataset_name = "UCF101"
+    root_hint = "pass the folder holding the class folders (UCF-101/)"
 
-    def __init__(
-        self, *args: Any, splits_dir: Optional[str] = None, split: int = 1, frame_template: Optional[str] = None, **kwargs: Any
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self.splits_dir, self.split, self.frame_template = splits_dir, split, frame_template
-
-    def describe(self) -> str:
-        return f"UCF101 --data.root {self.root} (split {self.split})"
-
-    def index_records(self) -> list[VideoRecord]:
-        check_split_number(self.split)
-        problems = Problems()
-        if not self.root or not os.path.isdir(self.root):
-            problems.add(f"--data.root: UCF101 video folder '{self.root}' does not exist; pass the folder holding the class folders (UCF-101/)")
-            problems.check(self.describe())
-        names, entries = ucf101_entries(ucf101_splits_dir(self.root, self.splits_dir), self.split, problems)
-        records = []
-        for part in ("train", "test"):
-            records += resolve_entries([e for e in entries if e.part == part], self.root, part, problems, self.frame_template)
-        problems.check(self.describe())
-        self.class_order = names
-        return records
+    def split_entries(self, problems: Problems) -> tuple[Optional[list[str]], list[SplitEntry]]:
+        return ucf101_entries(ucf101_splits_dir(self.root, self.splits_dir), self.split, problems)
