@@ -1,10 +1,18 @@
 """``python -m vidlit report DIR``: DomainBed-style tables from every ``results.json`` under DIR.
 
-Per dataset: rows are strategies, columns each held-out domain and Avg, cells the accuracy (%)
+Runs are first grouped by their **settings**: every entry of the run's ``config.yaml`` except
+seeds, held-out domains, paths, logging and display options (:data:`IGNORED`), and, for runs of
+``sweep --n_hparams``, the entries the sweep searched over (read from each run's ``sweep.json``).
+Runs whose settings differ (backbone, epochs, clip size, frames, dataset root, data options,
+strategy options outside the search) are never averaged or selected together: each settings
+group is its own table, headed by the settings that differ between the groups.
+
+Per group: rows are strategies, columns each held-out domain and Avg, cells the accuracy (%)
 as mean +- standard error (sample std / sqrt(n)) over seeds, for
 
-* training-domain validation: the checkpoint (and, with ``sweep --n_hparams``, the
-  hyperparameter draw) with the best source-domain validation accuracy: ``test_acc``;
+* training-domain validation: the checkpoint (and, among the hyperparameter draws of one sweep,
+  the draw) with the best source-domain validation accuracy, ties broken by the lower
+  source-domain validation loss (``val_loss``; without it, the lowest draw): ``test_acc``;
 * oracle, an upper bound: the epoch (and draw) with the best target-domain accuracy:
   ``oracle_test_acc``;
 * in-domain (source validation, ``val_acc``) vs out-of-domain (target test, ``test_acc``).
@@ -12,12 +20,13 @@ as mean +- standard error (sample std / sqrt(n)) over seeds, for
 Avg is computed per seed (mean over the held-out domains, for seeds that have all of them), then
 mean +- SE over those seeds. Run folders without a usable ``results.json`` (failed, killed or still
 running) are listed at the end, never silently dropped. Writes ``report.md`` (also printed),
-``report_<dataset>.csv`` and ``report_<dataset>.png`` (bar chart).
+``report_<dataset>[-<k>].csv`` and ``report_<dataset>[-<k>].png`` (bar chart) per group.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import inspect
 import json
 import math
 import os
@@ -30,6 +39,23 @@ from vidlit.sweep import SWEEP_FILE
 
 SKIP_DIRS = {"wandb", "checkpoints", "samples"}  # W&B keeps a copy of results.json under wandb/
 RUN_MARKERS = {RESULTS_FILE, SWEEP_FILE, "config.yaml"}
+CONFIG_FILE = "config.yaml"
+#: config entries that do not change what a run computes (or that the report shows as rows and
+#: columns): seeds, held-out domains, where things are written, logging and display
+IGNORED = {
+    "seed_everything", "data.seed", "model.seed", "data.target_domains", "strategy", "dataset", "ckpt_path",
+    "trainer.default_root_dir", "trainer.logger", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+    "trainer.enable_autolog_hparams", "trainer.log_every_n_steps", "data.num_workers", "data.cache_dir",
+    "checkpoint.dirpath", "checkpoint.verbose", "weights_only", "config", "print_config",
+}
+IGNORED_PREFIXES = ("wandb.",)
+#: shown in every table's "Settings" line (when present)
+SUMMARY_KEYS = ("model.backbone", "trainer.max_epochs", "data.size", "data.num_frames", "data.frame_stride", "data.num_clips", "data.root")
+ALIASES = {"backbone": "model.backbone", "epochs": "trainer.max_epochs", "max_epochs": "trainer.max_epochs"}
+
+
+class ReportError(ValueError):
+    """A report that cannot be made as asked; the message says which flag to use."""
 
 
 def _read_json(path: str) -> Optional[dict]:
@@ -41,9 +67,53 @@ def _read_json(path: str) -> Optional[dict]:
         return None
 
 
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(data, dict) and not (prefix and "class_path" in data):
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    out[prefix[:-1]] = data
+    return out
+
+
+def _ignored(key: str, value: Any) -> bool:
+    if key in IGNORED or key.startswith(IGNORED_PREFIXES):
+        return True
+    if key == "trainer.callbacks":  # progress bars change nothing; other callbacks (early stopping) do
+        items = value if isinstance(value, list) else [value]
+        return all(value is None or "ProgressBar" in str(v.get("class_path", "") if isinstance(v, dict) else v) for v in items)
+    return False
+
+
+def run_settings(run_dir: str) -> Optional[dict[str, Any]]:
+    """The run's settings from its ``config.yaml`` (flat ``section.key`` names, without
+    :data:`IGNORED`), or None when the file is missing or unreadable."""
+    import yaml
+
+    try:
+        with open(os.path.join(run_dir, CONFIG_FILE)) as fh:
+            config = yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    return {k: v for k, v in _flatten(config).items() if not _ignored(k, v)}
+
+
+def _sweep_root(run_dir: str, res: dict, draw: int) -> Optional[str]:
+    """``<out>`` of a sweep run ``<out>/<dataset>/<strategy>/hp=<k>/target=<d>/seed=<s>``."""
+    parts = os.path.normpath(os.path.abspath(run_dir)).split(os.sep)
+    if len(parts) < 6 or parts[-3] != f"hp={draw}" or not parts[-2].startswith("target=") or not parts[-1].startswith("seed="):
+        return None
+    return os.sep.join(parts[:-5])
+
+
 def find_runs(root: str) -> tuple[list[dict], list[tuple[str, str]]]:
     """(usable results, [(run folder, why it has no usable results)]) under ``root``. Each result
-    gets ``_dir`` and ``_draw`` (the sweep's hyperparameter draw, or None)."""
+    gets ``_dir``, ``_draw`` (the sweep's hyperparameter draw, or None), ``_hparams`` (that
+    draw's overrides), ``_settings`` (:func:`run_settings`) and ``_pool`` (what selection across
+    draws may compare it with: its sweep, or only itself)."""
     results, problems = [], []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
@@ -51,6 +121,8 @@ def find_runs(root: str) -> tuple[list[dict], list[tuple[str, str]]]:
             continue
         sweep = _read_json(os.path.join(dirpath, SWEEP_FILE)) or {}
         if RESULTS_FILE not in filenames:
+            if set(filenames) & RUN_MARKERS == {SWEEP_FILE} and "status" not in sweep:
+                continue  # a sweep-level record, not a run
             status = sweep.get("status", "incomplete")
             if status == "running":
                 status = "running, or killed"
@@ -65,23 +137,115 @@ def find_runs(root: str) -> tuple[list[dict], list[tuple[str, str]]]:
         elif res.get("test_acc") is None:
             problems.append((dirpath, "results.json has no test accuracy"))
         else:
-            res["_dir"], res["_draw"] = dirpath, sweep.get("hparams_draw")
+            draw = sweep.get("hparams_draw")
+            res["_dir"], res["_draw"], res["_hparams"] = dirpath, draw, dict(sweep.get("hparams") or {})
+            res["_settings"] = run_settings(dirpath)
+            root_of_sweep = _sweep_root(dirpath, res, draw) if draw is not None else None
+            res["_pool"] = ("sweep", root_of_sweep) if root_of_sweep else ("run", dirpath)
             results.append(res)
     return results, problems
 
 
-def select(results: list[dict]) -> dict[tuple, dict]:
-    """Per (dataset, strategy, target, seed): over hyperparameter draws, training-domain validation
-    picks the draw with the best ``val_acc``; oracle takes the best ``oracle_test_acc``."""
-    groups: dict[tuple, list[dict]] = defaultdict(list)
+def _strategy_params() -> set[str]:
+    """``model.*`` names every strategy has (the base class's arguments)."""
+    from vidlit.strategy import Strategy
+
+    return {f"model.{n}" for n in inspect.signature(Strategy.__init__).parameters if n not in ("self", "args", "kwargs")}
+
+
+def _fmt(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def _sortable(value: Any) -> tuple:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value, "")
+    return (1, 0, _fmt(value))
+
+
+def _key(d: dict) -> str:
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+def group_runs(results: list[dict]) -> list[dict]:
+    """Settings groups: ``{"dataset", "shared", "differs", "searched", "runs"}``, each run with
+    ``_row`` (its row: the strategy, plus its own options when a strategy has several variants in
+    the group). ``shared`` holds the settings every strategy has; ``differs`` the names whose
+    values differ between the groups of the same dataset."""
+    # the sweep's search space: every name a draw of that sweep overrode (draw 0 overrides none)
+    space: dict[tuple, set[str]] = defaultdict(set)
     for r in results:
+        if r["_pool"][0] == "sweep":
+            space[(r["_pool"], r.get("dataset"), r.get("strategy"))].update(r["_hparams"])
+    base = _strategy_params()
+    by_key: dict[tuple, dict] = {}
+    for r in results:
+        settings = r["_settings"]
+        if settings is None:
+            settings = {"config.yaml": "missing", "model.backbone": r.get("backbone")}
+        searched = space.get((r["_pool"], r.get("dataset"), r.get("strategy")), set()) if r["_pool"][0] == "sweep" else set()
+        settings = {k: v for k, v in settings.items() if k not in searched}
+        shared = {k: v for k, v in settings.items() if not k.startswith("model.") or k in base}
+        r["_own"] = {k: v for k, v in settings.items() if k not in shared}
+        r["_searched"] = sorted(searched)
+        g = by_key.setdefault((r.get("dataset", "?"), _key(shared)), {"dataset": r.get("dataset", "?"), "shared": shared, "runs": [], "searched": set()})
+        g["runs"].append(r)
+        g["searched"].update(searched)
+    groups = list(by_key.values())
+    for dataset in {g["dataset"] for g in groups}:
+        same = [g for g in groups if g["dataset"] == dataset]
+        names = sorted(set().union(*(g["shared"] for g in same)))
+        differs = [n for n in names if len({_key({"v": g["shared"].get(n)}) for g in same}) > 1] if len(same) > 1 else []
+        for g in same:
+            g["differs"] = differs
+    for g in groups:
+        g["searched"] = sorted(g["searched"])
+        variants: dict[str, set[str]] = defaultdict(set)
+        for r in g["runs"]:
+            variants[r.get("strategy", "?")].add(_key(r["_own"]))
+        for r in g["runs"]:
+            s = r.get("strategy", "?")
+            if len(variants[s]) == 1:
+                r["_row"] = s
+            else:
+                others = [json.loads(v) for v in variants[s]]
+                diff = sorted(k for k in set().union(*others) if len({_key({"v": o.get(k)}) for o in others}) > 1)
+                r["_row"] = f"{s} (" + ", ".join(f"{k.removeprefix('model.')}={_fmt(r['_own'].get(k))}" for k in diff) + ")"
+    groups.sort(key=lambda g: (g["dataset"], [_sortable(g["shared"].get(n)) for n in g["differs"]]))
+    return groups
+
+
+def _best(runs: list[dict]) -> dict:
+    """Training-domain validation over draws: the best ``val_acc``; among ties the lower
+    ``val_loss`` when every tied run has one, else the lowest draw."""
+    top = max((r.get("val_acc") if r.get("val_acc") is not None else -1.0) for r in runs)
+    tied = [r for r in runs if (r.get("val_acc") if r.get("val_acc") is not None else -1.0) == top]
+    if len(tied) > 1 and all(r.get("val_loss") is not None for r in tied):
+        return min(tied, key=lambda r: (r["val_loss"], r["_draw"] or 0))
+    return min(tied, key=lambda r: r["_draw"] or 0)
+
+
+def select(runs: list[dict]) -> dict[tuple, dict]:
+    """Per (row, target, seed) of one settings group: over the hyperparameter draws of one sweep,
+    training-domain validation picks :func:`_best`; oracle takes the best ``oracle_test_acc``.
+    Raises :class:`ReportError` when a cell holds runs that are not draws of one sweep."""
+    cells: dict[tuple, list[dict]] = defaultdict(list)
+    for r in runs:
         target = "+".join(r.get("target_domains") or ["?"])
-        groups[(r.get("dataset", "?"), r.get("strategy", "?"), target, r.get("seed"))].append(r)
+        cells[(r.get("_row", r.get("strategy", "?")), target, r.get("seed"))].append(r)
     chosen = {}
-    for key, runs in groups.items():
-        best = max(runs, key=lambda r: (r.get("val_acc") if r.get("val_acc") is not None else -1, -(r["_draw"] or 0)))
-        oracles = [r["oracle_test_acc"] for r in runs if r.get("oracle_test_acc") is not None]
-        chosen[key] = {"test": best["test_acc"], "val": best.get("val_acc"), "oracle": max(oracles) if oracles else None}
+    for key, cands in cells.items():
+        pools = {r["_pool"] for r in cands}
+        if len(pools) > 1:
+            dirs = sorted(r["_dir"] for r in cands)
+            raise ReportError(
+                f"{len(cands)} runs of {key[0]} target={key[1]} seed={key[2]} have the same settings but are not draws of one "
+                f"sweep ({', '.join(dirs)}); choose with --exclude FOLDER (or report their folders separately)"
+            )
+        best = _best(cands)
+        oracles = [r["oracle_test_acc"] for r in cands if r.get("oracle_test_acc") is not None]
+        chosen[key] = {"test": best["test_acc"], "val": best.get("val_acc"), "oracle": max(oracles) if oracles else None,
+                       "dir": best["_dir"], "draws": len(cands)}
     return chosen
 
 
@@ -103,15 +267,19 @@ def _cell(stat: tuple) -> str:
     return f"{mean:.1f} ± {se:.1f}" if se is not None else f"{mean:.1f}"
 
 
-def dataset_tables(chosen: dict[tuple, dict], dataset: str) -> dict[str, Any]:
-    """The three tables of one dataset: {"targets", "strategies", "tables": {name: {strategy: {column: stat}}}}."""
-    keys = [k for k in chosen if k[0] == dataset]
-    targets = sorted({k[2] for k in keys})
-    strategies = sorted({k[1] for k in keys}, key=lambda s: (s != "erm", s))
+def _row_order(row: str) -> tuple:
+    return (not row.startswith("erm"), row)
+
+
+def group_tables(chosen: dict[tuple, dict]) -> dict[str, Any]:
+    """The three tables of one settings group: {"targets", "strategies", "tables": {name: {row: {column: stat}}}}."""
+    keys = list(chosen)
+    targets = sorted({k[1] for k in keys})
+    strategies = sorted({k[0] for k in keys}, key=_row_order)
     tables: dict[str, dict] = {"training-domain validation": {}, "oracle": {}, "in vs out of domain": {}}
     for s in strategies:
-        seeds = sorted({k[3] for k in keys if k[1] == s}, key=str)
-        per = {t: {seed: chosen.get((dataset, s, t, seed)) for seed in seeds} for t in targets}
+        seeds = sorted({k[2] for k in keys if k[0] == s}, key=str)
+        per = {t: {seed: chosen.get((s, t, seed)) for seed in seeds} for t in targets}
         for name, field in (("training-domain validation", "test"), ("oracle", "oracle")):
             row = {t: mean_se([c[field] for c in per[t].values() if c is not None]) for t in targets}
             avgs = []
@@ -150,11 +318,33 @@ def _markdown_table(rows: dict[str, dict], columns: list[str]) -> list[str]:
     return out
 
 
-def render(root: str, per_dataset: dict[str, dict], problems: list[tuple[str, str]], n_results: int) -> str:
+def _settings_text(shared: dict, names: Sequence[str]) -> str:
+    return ", ".join(f"{n}={_fmt(shared.get(n))}" for n in names if n in shared) or "-"
+
+
+def _stem(dataset: str, index: int, count: int) -> str:
+    return f"report_{dataset}" if count == 1 else f"report_{dataset}-{index}"
+
+
+def render(root: str, groups: list[dict], problems: list[tuple[str, str]], n_results: int) -> str:
     lines = [f"# vidlit report: {root}", "", f"{n_results} finished runs. Accuracy in %, mean ± standard error over seeds "
-             "(Avg: per-seed mean over the held-out domains; Seeds: runs per cell).", ""]
-    for dataset, info in per_dataset.items():
-        lines += [f"## Dataset `{dataset}`", ""]
+             "(Avg: per-seed mean over the held-out domains; Seeds: runs per cell). Runs with different settings are "
+             "in different tables.", ""]
+    for g in groups:
+        same = [x for x in groups if x["dataset"] == g["dataset"]]
+        k = same.index(g) + 1
+        head = f"## Dataset `{g['dataset']}`"
+        if len(same) > 1:
+            head += f" ({k} of {len(same)}): " + _settings_text(g["shared"], g["differs"])
+        lines += [head, "", f"Settings: {_settings_text(g['shared'], SUMMARY_KEYS)}.", ""]
+        if len(same) > 1:
+            lines += [f"The {len(same)} tables of `{g['dataset']}` differ in: " + ", ".join(g["differs"]) + ".", ""]
+        if g["searched"]:
+            lines += ["Hyperparameter search over " + ", ".join(g["searched"]) + ": per held-out domain and seed, the draw "
+                      "with the best source-domain validation accuracy (ties: lower source-domain validation loss).", ""]
+        stem = _stem(g["dataset"], k, len(same))
+        lines += [f"Files: {stem}.csv, {stem}.png", ""]
+        info = g["info"]
         for name, rows in info["tables"].items():
             columns = info["targets"] + ["Avg"] if name != "in vs out of domain" else list(next(iter(rows.values())).keys())
             lines += [f"### {TITLES[name]}", "", *_markdown_table(rows, columns), ""]
@@ -165,18 +355,20 @@ def render(root: str, per_dataset: dict[str, dict], problems: list[tuple[str, st
     return "\n".join(lines)
 
 
-def write_csv(path: str, dataset: str, info: dict) -> None:
+def write_csv(path: str, dataset: str, info: dict, settings: str = "") -> None:
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["dataset", "table", "strategy", "column", "mean_pct", "se_pct", "n_seeds"])
+        w.writerow(["dataset", "settings", "table", "strategy", "column", "mean_pct", "se_pct", "n_seeds"])
         for name, rows in info["tables"].items():
             for strategy, row in rows.items():
                 for column, (mean, se, n) in row.items():
-                    w.writerow([dataset, name, strategy, column, "" if mean is None else round(mean, 4), "" if se is None else round(se, 4), n])
+                    w.writerow([dataset, settings, name, strategy, column, "" if mean is None else round(mean, 4),
+                                "" if se is None else round(se, 4), n])
 
 
-def write_chart(path: str, dataset: str, info: dict) -> None:
-    """Grouped bars: held-out domains and Avg on x, one bar per strategy, SE as error bars."""
+def chart_figure(title: str, info: dict, chance: Optional[float] = None):
+    """Grouped bars: held-out domains and Avg on x, one bar per strategy, SE as error bars, each
+    bar's value written above it, chance level as a dashed line, the legend outside the axes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,26 +377,76 @@ def write_chart(path: str, dataset: str, info: dict) -> None:
     rows = info["tables"]["training-domain validation"]
     columns = info["targets"] + ["Avg"]
     width = 0.8 / max(1, len(rows))
-    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(columns) * max(1, len(rows)) ** 0.5), 4))
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.4 * len(columns) * max(1, len(rows)) ** 0.5 + 2), 4.2))
     for i, (strategy, row) in enumerate(rows.items()):
         xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(columns))]
-        means = [row[c][0] or 0 for c in columns]
+        means = [row[c][0] if row[c][0] is not None else 0.0 for c in columns]
         errs = [row[c][1] if row[c][1] is not None else float("nan") for c in columns]  # nan: no error bar
-        ax.bar(xs, means, width, yerr=errs, capsize=3, label=strategy)
+        bars = ax.bar(xs, means, width, yerr=errs, capsize=3, label=strategy)
+        ax.bar_label(bars, labels=[_cell((row[c][0], None, 1)) for c in columns], padding=2, fontsize=7)
+    if chance is not None:
+        ax.axhline(chance, color="0.3", linestyle="--", linewidth=1, label=f"chance ({chance:.1f}%)")
     ax.set_xticks(range(len(columns)), columns)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(f"{dataset}: held-out domain accuracy\n(training-domain validation; mean ± SE over seeds)", fontsize=10)
-    ax.legend(title="strategy")
+    ax.set_ylim(0, 108)
+    ax.set_title(title, fontsize=9)
+    ax.legend(title="strategy", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def write_chart(path: str, title: str, info: dict, chance: Optional[float] = None) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = chart_figure(title, info, chance)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _chance(runs: list[dict]) -> Optional[float]:
+    counts = {len(r["class_names"]) for r in runs if r.get("class_names")}
+    return 100.0 / counts.pop() if len(counts) == 1 else None
+
+
+def _parse_where(items: Sequence[str]) -> list[tuple[str, Any]]:
+    import yaml
+
+    out = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip().removeprefix("--")
+        if not sep or not name:
+            raise ReportError(f"--where '{item}': expected KEY=VALUE, e.g. --where trainer.max_epochs=12 or --where model.backbone=r3d_18")
+        out.append((ALIASES.get(name, name), yaml.safe_load(value) if value.strip() else None))
+    return out
+
+
+def filter_runs(results: list[dict], where: Sequence[str], exclude: Sequence[str]) -> list[dict]:
+    """Runs whose settings match every ``--where KEY=VALUE`` and whose folder contains none of ``--exclude``."""
+    conds = _parse_where(where)
+    known = set().union(*((r["_settings"] or {}) for r in results)) if results else set()
+    for name, _ in conds:
+        if name not in known:
+            close = sorted(k for k in known if name.split(".")[-1] in k)[:5]
+            raise ReportError(f"--where {name}: no run has that setting" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+    kept = []
+    for r in results:
+        if any(x and (x in r["_dir"] or os.path.abspath(x) == os.path.abspath(r["_dir"])) for x in exclude):
+            continue
+        s = r["_settings"] or {}
+        if all(name in s and (s[name] == value or str(s[name]) == str(value)) for name, value in conds):
+            kept.append(r)
+    return kept
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vidlit report", description="DomainBed-style tables from the results.json files under DIR.")
     p.add_argument("dir", help="folder to search (e.g. a sweep's --out)")
     p.add_argument("--out", help="where to write report.md, report_<dataset>.csv/.png (default: DIR)")
+    p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                   help="only runs with this setting (config.yaml name), e.g. trainer.max_epochs=12 or model.backbone=r3d_18; repeatable")
+    p.add_argument("--exclude", action="append", default=[], metavar="FOLDER",
+                   help="leave out the runs whose folder is or contains FOLDER; repeatable")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     if not os.path.isdir(args.dir):
         print(f"vidlit report: error: '{args.dir}' is not a folder; pass a sweep's --out folder or any folder of runs", file=sys.stderr)
@@ -213,16 +455,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not results and not problems:
         print(f"vidlit report: error: no run folders (results.json, sweep.json or config.yaml) under '{args.dir}'", file=sys.stderr)
         return 2
-    chosen = select(results)
-    per_dataset = {d: dataset_tables(chosen, d) for d in sorted({k[0] for k in chosen})}
+    try:
+        n_found = len(results)
+        results = filter_runs(results, args.where, args.exclude)
+        if n_found and not results:
+            raise ReportError(f"no run of the {n_found} under '{args.dir}' matches --where/--exclude")
+        groups = group_runs(results)
+        for g in groups:
+            g["chosen"] = select(g["runs"])
+            g["info"] = group_tables(g["chosen"])
+    except ReportError as err:
+        print(f"vidlit report: error: {err}", file=sys.stderr)
+        return 2
     out = args.out or args.dir
     os.makedirs(out, exist_ok=True)
-    text = render(args.dir, per_dataset, problems, len(results))
+    text = render(args.dir, groups, problems, len(results))
     print(text)
     with open(os.path.join(out, "report.md"), "w") as fh:
         fh.write(text)
-    for dataset, info in per_dataset.items():
-        write_csv(os.path.join(out, f"report_{dataset}.csv"), dataset, info)
-        write_chart(os.path.join(out, f"report_{dataset}.png"), dataset, info)
-    print(f"wrote {os.path.join(out, 'report.md')}" + "".join(f", report_{d}.csv, report_{d}.png" for d in per_dataset))
+    written = []
+    for g in groups:
+        same = [x for x in groups if x["dataset"] == g["dataset"]]
+        k = same.index(g) + 1
+        stem = os.path.join(out, _stem(g["dataset"], k, len(same)))
+        differing = _settings_text(g["shared"], g["differs"]) if len(same) > 1 else ""
+        write_csv(stem + ".csv", g["dataset"], g["info"], differing)
+        title = f"{g['dataset']}: held-out domain accuracy ({_settings_text(g['shared'], SUMMARY_KEYS[:4])})\n" \
+                "training-domain validation; mean ± SE over seeds"
+        write_chart(stem + ".png", title, g["info"], _chance(g["runs"]))
+        written += [os.path.basename(stem) + ".csv", os.path.basename(stem) + ".png"]
+    print(f"wrote {os.path.join(out, 'report.md')}" + "".join(f", {w}" for w in written))
     return 0

@@ -1,0 +1,159 @@
+"""``python -m vidlit report``: runs with different settings are never averaged or selected
+together; selection across hyperparameter draws (ties broken by validation loss); the chart."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import yaml
+
+from tests.helpers import run_vidlit
+from vidlit import report
+
+
+def _run(root, strategy, target, seed, test, val, *, epochs=12, backbone="tiny3d", draw=None, hparams=None,
+         val_loss=None, oracle=None, model=None, folder=None, classes=5, **data):
+    """A finished run folder as fit (and sweep) write it: config.yaml, results.json, sweep.json."""
+    parts = [root, "folder", strategy] + ([f"hp={draw}"] if draw is not None else []) + [f"target={target}", f"seed={seed}"]
+    run_dir = folder or os.path.join(*parts)
+    os.makedirs(run_dir)
+    config = {
+        "seed_everything": seed,
+        "trainer": {"accelerator": "cpu", "max_epochs": epochs, "default_root_dir": run_dir, "enable_progress_bar": False},
+        "model": {"backbone": backbone, "lr": 0.002, "weight_decay": 0.05, **(model or {}), **{k.split(".", 1)[1]: v for k, v in (hparams or {}).items()}},
+        "data": {"root": "/data/x", "size": 32, "num_frames": 4, "target_domains": [target], "num_workers": 2, **data},
+        "strategy": strategy, "dataset": "folder",
+        "checkpoint": {"dirpath": os.path.join(run_dir, "checkpoints"), "monitor": "val/acc"},
+        "wandb": {"name": f"x/{seed}", "group": "g"},
+    }
+    with open(os.path.join(run_dir, "config.yaml"), "w") as fh:
+        yaml.safe_dump(config, fh)
+    res = {"dataset": "folder", "strategy": strategy, "backbone": backbone, "seed": seed, "target_domains": [target],
+           "source_domains": ["s"], "class_names": [f"c{i}" for i in range(classes)], "test_acc": test, "val_acc": val,
+           "oracle_test_acc": oracle if oracle is not None else test}
+    if val_loss is not None:
+        res["val_loss"] = val_loss
+    with open(os.path.join(run_dir, "results.json"), "w") as fh:
+        json.dump(res, fh)
+    if draw is not None:
+        with open(os.path.join(run_dir, "sweep.json"), "w") as fh:
+            json.dump({"strategy": strategy, "dataset": "folder", "target": target, "seed": seed, "hparams_draw": draw,
+                       "hparams": hparams or {}, "status": "done"}, fh)
+    return run_dir
+
+
+def _table_rows(text: str) -> dict[str, list[str]]:
+    """heading of each '## Dataset' section -> its training-domain validation rows."""
+    out = {}
+    for section in text.split("\n## ")[1:]:
+        head = section.splitlines()[0]
+        tdv = section.split("### Model selection: training-domain validation")[1].split("###")[0] if "###" in section else ""
+        out[head] = [ln for ln in tdv.splitlines() if ln.startswith("| ") and not ln.startswith("| Strategy")]
+    return out
+
+
+def test_runs_differing_only_in_epochs_are_never_averaged(tmp_path):
+    root = str(tmp_path / "runs")
+    # the same grid point trained for 12 and for 2 epochs, two seeds each, in two separate run folders
+    for seed, (long, short) in enumerate([(0.8, 0.4), (0.9, 0.5)]):
+        _run(root, "erm", "A", seed, long, 0.9, epochs=12, folder=os.path.join(root, "long", f"s{seed}"))
+        _run(root, "erm", "A", seed, short, 0.95, epochs=2, folder=os.path.join(root, "short", f"s{seed}"))
+    proc = run_vidlit("report", root, "--out", str(tmp_path / "rep"))
+    assert proc.returncode == 0, proc.stderr
+    tables = _table_rows(proc.stdout)
+    assert set(tables) == {"Dataset `folder` (1 of 2): trainer.max_epochs=2", "Dataset `folder` (2 of 2): trainer.max_epochs=12"}
+    assert tables["Dataset `folder` (1 of 2): trainer.max_epochs=2"] == ["| erm | 45.0 ± 5.0 | 45.0 ± 5.0 | 2 |"]
+    assert tables["Dataset `folder` (2 of 2): trainer.max_epochs=12"] == ["| erm | 85.0 ± 5.0 | 85.0 ± 5.0 | 2 |"]
+    assert "differ in: trainer.max_epochs." in proc.stdout
+    assert "Settings: model.backbone=tiny3d, trainer.max_epochs=12, data.size=32, data.num_frames=4, data.root=/data/x." in proc.stdout
+    for k in (1, 2):
+        assert os.path.isfile(tmp_path / "rep" / f"report_folder-{k}.csv") and os.path.isfile(tmp_path / "rep" / f"report_folder-{k}.png")
+    # --where picks one of them
+    proc = run_vidlit("report", root, "--out", str(tmp_path / "rep2"), "--where", "trainer.max_epochs=12")
+    assert proc.returncode == 0, proc.stderr
+    assert list(_table_rows(proc.stdout).values()) == [["| erm | 85.0 ± 5.0 | 85.0 ± 5.0 | 2 |"]]
+
+
+def test_draws_with_different_epochs_are_not_selected_together(tmp_path):
+    root = str(tmp_path / "sweep")
+    # one sweep, but draw 1 was (wrongly) run with other epochs: its better val_acc must not win over draw 0
+    _run(root, "erm", "A", 0, 0.30, 0.70, epochs=12, draw=0)
+    _run(root, "erm", "A", 0, 0.60, 0.99, epochs=2, draw=1, hparams={"model.lr": 0.005})
+    _run(root, "erm", "A", 0, 0.20, 0.60, epochs=12, draw=2, hparams={"model.lr": 0.0004})
+    assert report.main([root]) == 0
+    text = open(os.path.join(root, "report.md")).read()
+    tables = _table_rows(text)
+    assert tables["Dataset `folder` (1 of 2): trainer.max_epochs=2"] == ["| erm | 60.0 | 60.0 | 1 |"]
+    # among the 12-epoch draws (0 and 2), draw 0 has the best val_acc; model.lr is the search, not a setting
+    assert tables["Dataset `folder` (2 of 2): trainer.max_epochs=12"] == ["| erm | 30.0 | 30.0 | 1 |"]
+    assert "Hyperparameter search over model.lr" in text
+
+
+def test_strategy_options_outside_the_search_make_separate_rows(tmp_path):
+    root = str(tmp_path / "runs")
+    _run(root, "erm", "A", 0, 0.5, 0.8)
+    _run(root, "dann", "A", 0, 0.6, 0.8, model={"lambda_max": 1.0}, folder=os.path.join(root, "d1"))
+    _run(root, "dann", "A", 0, 0.7, 0.8, model={"lambda_max": 0.1}, folder=os.path.join(root, "d2"))
+    assert report.main([root]) == 0
+    rows = list(_table_rows(open(os.path.join(root, "report.md")).read()).values())
+    assert rows == [["| erm | 50.0 | 50.0 | 1 |", "| dann (lambda_max=0.1) | 70.0 | 70.0 | 1 |", "| dann (lambda_max=1.0) | 60.0 | 60.0 | 1 |"]]
+
+
+def test_same_settings_outside_one_sweep_are_refused_with_the_flag_to_choose(tmp_path):
+    root = str(tmp_path / "runs")
+    a = _run(root, "erm", "A", 0, 0.5, 0.8, folder=os.path.join(root, "first"))
+    b = _run(root, "erm", "A", 0, 0.7, 0.9, folder=os.path.join(root, "again"))
+    proc = run_vidlit("report", root)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vidlit report: error:") and "--exclude" in err[0] and a in err[0] and b in err[0]
+    proc = run_vidlit("report", root, "--exclude", b)
+    assert proc.returncode == 0, proc.stderr
+    assert list(_table_rows(proc.stdout).values()) == [["| erm | 50.0 | 50.0 | 1 |"]]
+
+
+def test_where_with_an_unknown_setting_is_one_line(tmp_path, capsys):
+    root = str(tmp_path / "runs")
+    _run(root, "erm", "A", 0, 0.5, 0.8)
+    assert report.main([root, "--where", "trainer.max_epoch=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--where trainer.max_epoch" in err[0] and "trainer.max_epochs" in err[0]
+
+
+def test_ties_in_val_acc_are_broken_by_lower_val_loss(tmp_path):
+    root = str(tmp_path / "sweep")
+    # seed 0: every draw reaches 100% source val accuracy; draw 2 has the lowest val loss
+    _run(root, "erm", "A", 0, 0.40, 1.0, draw=0, val_loss=0.30)
+    _run(root, "erm", "A", 0, 0.55, 1.0, draw=1, hparams={"model.lr": 0.005}, val_loss=0.20)
+    _run(root, "erm", "A", 0, 0.75, 1.0, draw=2, hparams={"model.lr": 0.0004}, val_loss=0.05)
+    _run(root, "erm", "A", 0, 0.90, 0.9, draw=3, hparams={"model.lr": 0.009}, val_loss=0.01)  # lower loss, lower acc: not picked
+    # seed 1: tie without val_loss (results.json of older runs): today's rule, the lowest draw
+    _run(root, "erm", "A", 1, 0.35, 1.0, draw=0)
+    _run(root, "erm", "A", 1, 0.65, 1.0, draw=1, hparams={"model.lr": 0.005})
+    assert report.main([root]) == 0
+    rows = list(_table_rows(open(os.path.join(root, "report.md")).read()).values())
+    assert rows == [["| erm | 55.0 ± 20.0 | 55.0 ± 20.0 | 2 |"]]  # 75 (draw 2) and 35 (draw 0)
+
+
+def test_chart_marks_chance_labels_bars_and_keeps_the_legend_off_them(tmp_path):
+    root = str(tmp_path / "runs")
+    for seed in (0, 1):
+        _run(root, "erm", "A", seed, 0.5 + seed / 10, 0.8, classes=4)
+        _run(root, "erm", "B", seed, 0.7, 0.8, classes=4)
+        _run(root, "dann", "A", seed, 0.6, 0.8, classes=4)
+        _run(root, "dann", "B", seed, 0.9, 0.8, classes=4)
+    results, _ = report.find_runs(root)
+    (group,) = report.group_runs(results)
+    info = report.group_tables(report.select(group["runs"]))
+    fig = report.chart_figure("t", info, report._chance(group["runs"]))
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    chance = [ln for ln in ax.get_lines() if ln.get_label().startswith("chance")]
+    assert len(chance) == 1 and chance[0].get_ydata()[0] == pytest.approx(25.0)
+    labels = [t.get_text() for t in ax.texts]
+    assert sorted(labels) == sorted(["55.0", "70.0", "62.5", "60.0", "90.0", "75.0"])
+    legend = ax.get_legend().get_window_extent()
+    axes_box = ax.get_window_extent()
+    assert legend.x0 >= axes_box.x1  # outside the plotting area: it covers no bar
+    assert legend.x1 <= fig.bbox.x1 + 1  # and not cut off
