@@ -4,6 +4,8 @@
   like an uninterrupted one.
 * :class:`WandbMediaCallback`: after testing, the target-domain confusion matrix and a few sample
   clips per domain (mp4, written with PyAV) with true and predicted labels, sent to W&B.
+* :class:`vidlit.predictions.RunInfoCallback`: class names and domains stored in checkpoints.
+* :class:`vidlit.predictions.PredictionWriter`: ``predict`` writes ``<run_dir>/predictions.csv``.
 """
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ from vidlit.data.video_io import write_video
 
 def default_callbacks() -> list[Callback]:
     """The callbacks the CLI adds to every trainer."""
-    return [EpochSeedCallback(), WandbMediaCallback()]
+    from vidlit.predictions import PredictionWriter, RunInfoCallback
+
+    return [EpochSeedCallback(), WandbMediaCallback(), RunInfoCallback(), PredictionWriter()]
 
 
 class EpochSeedCallback(Callback):

@@ -217,7 +217,9 @@ class Strategy(pl.LightningModule):
         if self.val_target_acc.update_called:
             self._log_domains("val_target", self.val_target_acc, self.domain_names["test"])
         # per-epoch count (reset after logging): HistoryCallback keeps each epoch's, results.json the sum
-        self.log("data/bad_videos", self.bad_videos.compute().float(), add_dataloader_idx=False)
+        # no training batch since the last reset (sanity check, validate): 0, without computing an empty metric
+        bad = self.bad_videos.compute().float() if self.bad_videos.update_called else torch.zeros((), device=self.device)
+        self.log("data/bad_videos", bad, add_dataloader_idx=False)
         self.bad_videos.reset()
 
     def _video_probs(self, video: torch.Tensor) -> torch.Tensor:
@@ -248,7 +250,12 @@ class Strategy(pl.LightningModule):
         self._log_domains("test", self.test_acc, self.domain_names["test"])
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        return {"probs": self._video_probs(batch["video"]), "label": batch["label"], "domain": batch["domain"]}
+        """Per video: view-averaged class probabilities, true label (-1: unknown), domain index, and
+        ``index`` (the record index in the predict dataset, for :mod:`vidlit.predictions`)."""
+        out = {"probs": self._video_probs(batch["video"]), "label": batch["label"], "domain": batch["domain"]}
+        if "index" in batch:
+            out["index"] = batch["index"]
+        return out
 
     # ----------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> Any:
