@@ -22,6 +22,8 @@ class CORAL(Strategy):
         **kwargs: the base :class:`~vidlit.strategy.Strategy` arguments.
     """
 
+    SEARCH_SPACE = {"coral_weight": "loguniform:0.1:10"}  # DomainBed: 10^U(-1, 1)
+
     def __init__(self, coral_weight: float = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
 

@@ -61,12 +61,26 @@ class DANN(Strategy):
         target_domain_class: D gets one more class (index K) for unlabeled target clips
             (``target_video`` in the batch; they feed D only). None: on when the DataModule's
             ``--data.unlabeled_target`` is.
+        disc_lr_mult: the discriminator's (and class embedding's) lr = lr x this.
+        disc_weight_decay: the discriminator's weight decay (DomainBed: 0).
+        betas: Adam (beta1, beta2) of every parameter group; (0.5, 0.9) as in DomainBed's
+            adversarial methods (the default (0.9, 0.999) lets the discriminator's gradients,
+            reversed into the backbone, build up momentum and collapse training at short budgets).
         **kwargs: the base :class:`~vidlit.strategy.Strategy` arguments (lr, backbone, freeze, ...).
     """
 
+    SEARCH_SPACE = {  # DomainBed's DANN space, lambda narrowed from 10^U(-2, 2)
+        "lambda_value": "loguniform:0.01:10",
+        "disc_weight_decay": "loguniform:1e-6:1e-2",
+        "disc_lr_mult": "loguniform:0.3:3",
+        "disc_width": "choice:64,128,256,512,1024",
+        "disc_depth": "choice:2,3,4",
+        "disc_dropout": "choice:0,0.1,0.5",
+    }
+
     def __init__(
         self,
-        lambda_schedule: Schedule = "constant",
+        lambda_schedule: Schedule = "ganin",
         lambda_value: float = 1.0,
         lambda_gamma: float = 10.0,
         lambda_lo: float = 0.0,
@@ -79,9 +93,12 @@ class DANN(Strategy):
         conditional: bool = False,
         class_balance: bool = False,
         target_domain_class: Optional[bool] = None,
+        disc_lr_mult: float = 1.0,
+        disc_weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.5, 0.9),
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(betas=betas, **kwargs)
         grl_lambda(lambda_schedule, 0, 1)  # fail early on an unknown schedule
         if self.hparams.num_domains < 1:
             raise ValueError("dann needs num_domains >= 1 (set from the data)")
@@ -93,6 +110,18 @@ class DANN(Strategy):
         h = self.hparams
         out = h.num_domains + (1 if with_target else 0)
         return build_mlp(self.backbone.out_dim, h.disc_width, h.disc_depth, out, h.disc_dropout, h.disc_batchnorm)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Backbone and head as in the base; the adversary (discriminator, class embedding) in a group
+        of its own with ``disc_lr_mult`` and ``disc_weight_decay``."""
+        groups = super().param_groups()
+        adv = {id(p) for m in (self.discriminator, self.class_embed) if m is not None for p in m.parameters()}
+        head = next(g for g in groups if g["name"] == "head")
+        head["params"] = [p for p in head["params"] if id(p) not in adv]
+        adversary = [p for p in self.parameters() if p.requires_grad and id(p) in adv]
+        h = self.hparams
+        groups.append({"params": adversary, "lr": h.lr * h.disc_lr_mult, "weight_decay": h.disc_weight_decay, "name": "discriminator"})
+        return groups
 
     @property
     def disc_classes(self) -> int:

@@ -23,6 +23,8 @@ class GroupDRO(Strategy):
         **kwargs: the base :class:`~vidlit.strategy.Strategy` arguments.
     """
 
+    SEARCH_SPACE = {"eta": "loguniform:1e-3:0.1"}  # DomainBed: 10^U(-3, -1)
+
     def __init__(self, eta: float = 1e-2, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         k = max(1, self.hparams.num_domains)

@@ -30,6 +30,8 @@ class Mixup(Strategy):
         **kwargs: the base :class:`~vidlit.strategy.Strategy` arguments.
     """
 
+    SEARCH_SPACE = {"alpha": "loguniform:0.1:10"}  # DomainBed: 10^U(-1, 1)
+
     def __init__(
         self,
         mode: Literal["mixup", "mixstyle"] = "mixup",

@@ -54,6 +54,7 @@ class Strategy(pl.LightningModule):
         lr: learning rate of the head (and of any other new module).
         backbone_lr_mult: backbone lr = lr x this (default 0.1 when pretrained, else 1).
         optimizer: ``adamw`` or ``sgd`` (momentum 0.9, nesterov).
+        betas: AdamW's (beta1, beta2) (ignored by ``sgd``).
         weight_decay: decoupled weight decay.
         warmup_epochs: linear warmup length, then cosine decay to 0 at the last step.
         label_smoothing: cross-entropy label smoothing.
@@ -62,6 +63,36 @@ class Strategy(pl.LightningModule):
         compile: ``torch.compile`` the backbone.
         seed: seed of the randomness inside training steps (see :meth:`step_generator`).
     """
+
+    #: hyperparameter search space of this class's own arguments (``vidlit sweep --n_hparams``), in
+    #: the sweep's ``--hparam`` syntax (``loguniform:LOW:HIGH``, ``uniform:LOW:HIGH``, ``int:LOW:HIGH``,
+    #: ``choice:A,B``); :meth:`search_space` merges it with every base class's.
+    SEARCH_SPACE: dict[str, str] = {
+        "lr": "loguniform:3e-4:1e-2",
+        "weight_decay": "loguniform:1e-3:0.2",
+        "dropout": "choice:0,0.1,0.5",
+    }
+
+    @classmethod
+    def search_space(cls) -> dict[str, str]:
+        """``{"model.NAME": SPACE}``: the shared base space plus this strategy's own entries."""
+        space: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            space.update(klass.__dict__.get("SEARCH_SPACE", {}))
+        return {f"model.{k}": v for k, v in space.items()}
+
+    @classmethod
+    def hparam_names(cls) -> set[str]:
+        """Every ``--model.NAME`` this strategy accepts (its and its bases' ``__init__`` arguments)."""
+        import inspect
+
+        names: set[str] = set()
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None or klass is pl.LightningModule or not issubclass(klass, Strategy):
+                continue
+            names |= {n for n, p in inspect.signature(init).parameters.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        return names
 
     def __init__(
         self,
@@ -74,6 +105,7 @@ class Strategy(pl.LightningModule):
         lr: float = 2e-3,
         backbone_lr_mult: Optional[float] = None,
         optimizer: Literal["adamw", "sgd"] = "adamw",
+        betas: tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 0.05,
         warmup_epochs: float = 1.0,
         label_smoothing: float = 0.0,
@@ -258,17 +290,26 @@ class Strategy(pl.LightningModule):
         return out
 
     # ----------------------------------------------------------------- optimisation
-    def configure_optimizers(self) -> Any:
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: the backbone (lr x ``backbone_lr_mult``) and every other
+        trainable parameter (head and any module a strategy adds). A strategy that needs its own lr,
+        betas or weight decay for a module returns more groups (one optimizer keeps plain DDP)."""
         h = self.hparams
         mult = h.backbone_lr_mult if h.backbone_lr_mult is not None else (0.1 if h.pretrained else 1.0)
         bb_ids = {id(p) for p in self.backbone.parameters()}
         backbone_params = [p for p in self.backbone.parameters() if p.requires_grad]
         other = [p for p in self.parameters() if p.requires_grad and id(p) not in bb_ids]
-        groups = [g for g in ({"params": backbone_params, "lr": h.lr * mult}, {"params": other, "lr": h.lr}) if g["params"]]
+        return [{"params": backbone_params, "lr": h.lr * mult, "name": "backbone"}, {"params": other, "lr": h.lr, "name": "head"}]
+
+    def configure_optimizers(self) -> Any:
+        h = self.hparams
+        groups = [g for g in self.param_groups() if g["params"]]
         if h.optimizer == "sgd":
+            for g in groups:
+                g.pop("betas", None)
             opt = torch.optim.SGD(groups, lr=h.lr, momentum=0.9, nesterov=True, weight_decay=h.weight_decay)
         else:
-            opt = torch.optim.AdamW(groups, lr=h.lr, weight_decay=h.weight_decay)
+            opt = torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas), weight_decay=h.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         epochs = max(1, self.trainer.max_epochs or 1)
         warmup = int(h.warmup_epochs * total / epochs)

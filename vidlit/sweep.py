@@ -8,9 +8,12 @@ broken ones (``checkpoints/last.ckpt`` present: ``--ckpt_path last``). Any other
 (``--trainer.*``, ``--data.*``, ``--model.*``, ``--wandb.*``, ``--backbone``, ``--config``) is
 passed to every run. ``--wandb`` writes a W&B sweep config instead of running anything.
 
-Hyperparameter draw ``k`` of a strategy is seeded by a hash of (strategy, dataset, k, name), so
-it stays the same when code, the grid or the search space's other entries change; draw 0 is the
-defaults.
+Hyperparameter draws (``--n_hparams K``) come from each strategy's own search space
+(``Strategy.search_space()``: the shared base entries lr, weight decay, dropout plus the method's
+own, declared beside its code as ``SEARCH_SPACE``). ``--hparam NAME=SPACE`` adds or replaces an
+entry for the strategies that accept NAME (a name no strategy of the grid accepts is an error).
+Draw ``k`` of a strategy is seeded by a hash of (strategy, dataset, k, name), so it stays the same
+when code, the grid or the search space's other entries change; draw 0 is the defaults.
 """
 from __future__ import annotations
 
@@ -30,8 +33,6 @@ import numpy as np
 
 SWEEP_FILE = "sweep.json"
 LOG_FILE = "sweep.log"
-#: search space used by ``--n_hparams`` when no ``--hparam`` is given
-DEFAULT_SPACE = ("model.lr=loguniform:3e-4:1e-2", "model.weight_decay=loguniform:1e-3:0.2", "model.dropout=choice:0,0.1,0.5")
 #: flags the sweep sets per run
 OWN_FLAGS = ("--strategy", "--dataset", "--data.target_domains", "--seed_everything", "--trainer.default_root_dir", "--ckpt_path")
 
@@ -150,8 +151,10 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="values of --seed_everything (default: 0 1 2)")
     p.add_argument("--n_hparams", type=int, default=1, help="hyperparameter draws per strategy: draw 0 is the defaults (default: 1)")
     p.add_argument("--hparam", action="append", default=[], metavar="NAME=SPACE",
-                   help="search space entry, e.g. model.lr=loguniform:1e-4:1e-2, model.dropout=choice:0,0.5 (repeat it); "
-                   f"default: {' '.join(DEFAULT_SPACE)}")
+                   help="add or replace a search space entry of the strategies that accept NAME, e.g. "
+                   "model.lr=loguniform:1e-4:1e-2, model.dropout=choice:0,0.5 (repeat it; choice:V fixes a value); "
+                   "default: each strategy's own space (python -m vidlit sweep --show_space)")
+    p.add_argument("--show_space", action="store_true", help="print each strategy's search space (with --hparam applied) and exit")
     p.add_argument("--out", default="sweeps", help="root folder of the run folders (default: sweeps)")
     p.add_argument("--name", help="sweep name, used as the W&B group (default: the --out folder's name)")
     p.add_argument("--parallel", type=int, default=1, help="runs at a time on this machine (default: 1)")
@@ -198,12 +201,74 @@ def discover_domains(dataset: str, passthrough: list[str]) -> list[str]:
     return [d for d in sorted(set(dm.source_domains) | set(dm.target_domains)) if d not in sources]
 
 
+def _init_names(cls: type) -> set[str]:
+    """Keyword arguments of ``cls.__init__`` over its class hierarchy (``**kwargs`` passed upward)."""
+    import inspect
+
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        try:
+            params = inspect.signature(init).parameters
+        except (TypeError, ValueError):
+            continue
+        names |= {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return names
+
+
+def search_spaces(strategies: Sequence[str], dataset: str, overrides: Sequence[str]) -> dict[str, list[Param]]:
+    """Each strategy's search space: its own (``Strategy.search_space()``) with the ``--hparam``
+    entries it accepts added or replaced. Every problem (a name that no strategy of the grid, the
+    dataset or the Trainer accepts; abbreviations are not names) is reported at once."""
+    import difflib
+
+    from vidlit.strategy import STRATEGIES
+
+    given = [Param.parse(s) for s in overrides]
+    accepted = {s: STRATEGIES.get(s).hparam_names() for s in strategies}
+    problems = []
+    for p in given:
+        section, _, key = p.name.partition(".")
+        if section == "model":
+            known = set().union(*accepted.values())
+        elif section == "data":
+            from vidlit.data.datamodule import DATAMODULES
+
+            known = _init_names(DATAMODULES.get(dataset))
+        elif section == "trainer":
+            from lightning.pytorch import Trainer
+
+            known = _init_names(Trainer)
+        else:
+            problems.append(f"'{p.name}' is not a model.*, data.* or trainer.* flag")
+            continue
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
+            hint = f" (did you mean {', '.join(f'{section}.{c}' for c in close)}?)" if close else ""
+            who = f"strategies {', '.join(strategies)}" if section == "model" else ("--dataset " + dataset if section == "data" else "the Trainer")
+            problems.append(f"--hparam {p.name}: no such argument of {who}{hint}")
+    if problems:
+        raise SweepError("; ".join(problems))
+    spaces = {}
+    for s in strategies:
+        space = {p.name: p for p in (Param.parse(f"{k}={v}") for k, v in STRATEGIES.get(s).search_space().items())}
+        for p in given:
+            section, _, key = p.name.partition(".")
+            if section != "model" or key in accepted[s]:
+                space[p.name] = p
+        spaces[s] = sorted(space.values(), key=lambda p: p.name)
+    return spaces
+
+
 def plan(args: argparse.Namespace, passthrough: list[str], targets: list[str]) -> list[Run]:
     """Every run of the grid, with its command (``--ckpt_path last`` added for broken runs)."""
-    space = [Param.parse(s) for s in (args.hparam or DEFAULT_SPACE)] if args.n_hparams > 1 else []
+    spaces = search_spaces(args.strategies, args.dataset, args.hparam)
     name = args.name or os.path.basename(os.path.abspath(args.out))
     runs = []
     for strategy in args.strategies:
+        space = spaces[strategy] if args.n_hparams > 1 else []
         for draw in range(args.n_hparams):
             hp = draw_hparams(strategy, args.dataset, draw, space)
             for target in targets:
@@ -330,7 +395,8 @@ def wandb_sweep_config(args: argparse.Namespace, passthrough: list[str], targets
     }
     config: dict[str, Any] = {"name": args.name or os.path.basename(os.path.abspath(args.out)), "method": "grid"}
     if args.n_hparams > 1:
-        for p in (Param.parse(s) for s in (args.hparam or DEFAULT_SPACE)):
+        (strategy,) = args.strategies  # one config per strategy: their spaces differ
+        for p in search_spaces(args.strategies, args.dataset, args.hparam)[strategy]:
             params[p.name] = p.wandb()
         config["method"] = "random"  # W&B grids cannot hold distributions: sample everything instead
         config["run_cap"] = len(args.strategies) * len(targets) * len(args.seeds) * args.n_hparams
@@ -350,15 +416,23 @@ def wandb_sweep_config(args: argparse.Namespace, passthrough: list[str], targets
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args, passthrough = parse_args(sys.argv[1:] if argv is None else argv)
+        if args.show_space:
+            for strategy, space in search_spaces(args.strategies, args.dataset, args.hparam).items():
+                print(f"{strategy}: " + " ".join(f"{p.name}={p.kind}:{':'.join(str(a) for a in p.args) if p.kind != 'choice' else ','.join(str(a) for a in p.args)}" for p in space))
+            return 0
         targets = args.targets or discover_domains(args.dataset, passthrough)
         if args.wandb:
             import yaml
 
-            path = os.path.join(args.out, "wandb_sweep.yaml")
             os.makedirs(args.out, exist_ok=True)
-            with open(path, "w") as fh:
-                yaml.safe_dump(wandb_sweep_config(args, passthrough, targets), fh, sort_keys=False)
-            print(f"wrote {path}\nstart it:   wandb sweep {path}\nthen on each machine: wandb agent ENTITY/PROJECT/SWEEP_ID")
+            # hyperparameter spaces differ per strategy: one W&B sweep per strategy when searching
+            groups = [[s] for s in args.strategies] if args.n_hparams > 1 and len(args.strategies) > 1 else [list(args.strategies)]
+            for group in groups:
+                path = os.path.join(args.out, "wandb_sweep.yaml" if len(groups) == 1 else f"wandb_sweep_{group[0]}.yaml")
+                with open(path, "w") as fh:
+                    yaml.safe_dump(wandb_sweep_config(argparse.Namespace(**{**vars(args), "strategies": group}), passthrough, targets), fh, sort_keys=False)
+                print(f"wrote {path}")
+            print("start each:   wandb sweep FILE.yaml\nthen on each machine: wandb agent ENTITY/PROJECT/SWEEP_ID")
             return 0
         runs = plan(args, passthrough, targets)
     except SweepError as err:
