@@ -32,11 +32,66 @@ class AtomicModelCheckpoint(ModelCheckpoint):
     ``last`` is refreshed after every validation (or training epoch, when validation does not
     run), as resuming needs: since Lightning 2.6 ``save_last`` alone rewrites it only when a
     top-k (best) checkpoint is saved at the same step.
+
+    Ties in the monitored value are broken by ``tie_break_monitor`` (default ``val/loss``, lower
+    is better): when source-validation accuracy saturates (every epoch from some point on at
+    100%), the checkpoint kept is the one with the lowest source-validation loss, not the first.
+
+    Args:
+        tie_break_monitor: metric that decides between equal ``monitor`` values; None: the first.
+        tie_break_mode: ``min`` or ``max`` for ``tie_break_monitor``.
+        **kwargs: Lightning's ModelCheckpoint arguments.
     """
 
     _last_refreshed_step: int = -1
 
+    def __init__(self, tie_break_monitor: Optional[str] = "val/loss", tie_break_mode: str = "min", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if tie_break_mode not in ("min", "max"):
+            raise ValueError(f"--checkpoint.tie_break_mode must be min or max, got '{tie_break_mode}'")
+        self.tie_break_monitor, self.tie_break_mode = tie_break_monitor, tie_break_mode
+        self.tie_scores: dict[str, float] = {}  # checkpoint path -> its tie-break value
+        self._pending_tie: Optional[float] = None
+
+    def _tie_value(self, trainer: pl.Trainer) -> Optional[float]:
+        value = trainer.callback_metrics.get(self.tie_break_monitor) if self.tie_break_monitor else None
+        if value is None:
+            return None
+        value = float(value)
+        return None if math.isnan(value) else value
+
+    def _better_tie(self, value: Optional[float], other: Optional[float]) -> bool:
+        if value is None or other is None:
+            return False
+        return value < other if self.tie_break_mode == "min" else value > other
+
+    def check_monitor_top_k(self, trainer: pl.Trainer, current: Optional[torch.Tensor] = None) -> bool:
+        decision = super().check_monitor_top_k(trainer, current)
+        if decision or current is None or not self.best_k_models or self.kth_best_model_path not in self.best_k_models:
+            return decision
+        kth = self.best_k_models[self.kth_best_model_path]
+        tie = float(current) == float(kth) and self._better_tie(self._tie_value(trainer), self.tie_scores.get(self.kth_best_model_path))
+        return trainer.strategy.reduce_boolean_decision(bool(tie))
+
+    def _update_best_and_save(self, current: torch.Tensor, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        self._pending_tie = self._tie_value(trainer)  # recorded under the new path in _save_checkpoint
+        try:
+            super()._update_best_and_save(current, trainer, monitor_candidates)
+        finally:
+            self._pending_tie = None
+        self.tie_scores = {p: v for p, v in self.tie_scores.items() if p in self.best_k_models}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "tie_scores": dict(self.tie_scores)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.tie_scores = dict(state_dict.get("tie_scores", {}))
+
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        if self._pending_tie is not None and filepath in self.best_k_models:  # a new top-k file: before its state is saved
+            kept = {p: v for p, v in self.tie_scores.items() if p in self.best_k_models}
+            self.tie_scores = {**kept, filepath: self._pending_tie}
         tmp = filepath + ".tmp"
         trainer.save_checkpoint(tmp, self.save_weights_only)
         if trainer.is_global_zero:
@@ -111,6 +166,7 @@ class HistoryCallback(Callback):
             "epoch": trainer.current_epoch,
             "step": trainer.global_step,
             "val_acc": _f(m.get("val/acc")),
+            "val_loss": _f(m.get("val/loss")),
             "bad_videos": int(_f(m.get("data/bad_videos")) or 0),
             "val_acc_per_domain": {d: _f(m.get(f"val/acc/{d}")) for d in names.get("val", [])},
         }
@@ -149,7 +205,7 @@ def build_results(
     best_epoch = best_epoch_from_path(best_checkpoint)
     rows = [h for h in history if h["epoch"] == best_epoch]
     if not rows and history:  # no epoch in the file name: the first best, as ModelCheckpoint keeps it
-        rows = [max(history, key=lambda h: (h["val_acc"] or -1, -h["epoch"]))]
+        rows = [max(history, key=lambda h: (h["val_acc"] or -1, -(h.get("val_loss") if h.get("val_loss") is not None else math.inf), -h["epoch"]))]
     best = rows[0] if rows else {}
     targets = list(datamodule.target_domains)
     oracle = [h for h in history if h.get("target_acc") is not None]
@@ -160,6 +216,7 @@ def build_results(
         "target_domains": targets,
         "class_names": list(datamodule.class_names),
         "val_acc": best.get("val_acc"),
+        "val_loss": best.get("val_loss"),
         "val_acc_per_domain": best.get("val_acc_per_domain", {}),
         "test_acc": _f(m.get("test/acc")),
         "test_acc_per_domain": {d: _f(m.get(f"test/acc/{d}")) for d in targets},
