@@ -21,6 +21,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from vidlit.errors import MissingDependencyError, VidlitError
 from vidlit.registry import Registry
 
 #: (mean, std) per channel for each normalisation preset, applied to frames scaled to [0, 1].
@@ -32,7 +33,7 @@ NORM_PRESETS: dict[str, tuple[tuple[float, float, float], tuple[float, float, fl
 }
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(VidlitError, RuntimeError):
     """Pretrained weights were asked for but are not on disk (we never download)."""
 
 
@@ -107,10 +108,20 @@ def hub_checkpoint_path(url: str) -> str:
 
 
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    import pickle
+
     try:
+        # weights files are untrusted input: never unpickle arbitrary objects (that can run code)
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise PretrainedWeightsError(
+            f"weights file '{path}' refused: it is not plain tensors and dicts, and unpickling it could run code "
+            f"(torch.load weights_only=True: {first[:160]}); convert it to a state dict with a trusted tool"
+        ) from None
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
-        raise PretrainedWeightsError(f"could not read weights file '{path}': {err}") from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PretrainedWeightsError(f"could not read weights file '{path}': {first}") from None
     if isinstance(obj, dict) and "state_dict" in obj:  # Lightning checkpoint (ours: 'backbone.net.')
         obj = {k.split("backbone.net.", 1)[1]: v for k, v in obj["state_dict"].items() if "backbone.net." in k}
     elif isinstance(obj, dict) and "model_state" in obj:  # pytorchvideo .pyth files
@@ -244,7 +255,7 @@ def _ptv_models():
 
         ptv = pytorchvideo.models
     except Exception as err:  # noqa: BLE001
-        raise ImportError(
+        raise MissingDependencyError(
             f"this backbone needs pytorchvideo's model builders (pip install 'vidlit[pytorchvideo]'): {err}"
         ) from err
     return ptv

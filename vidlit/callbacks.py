@@ -1,7 +1,7 @@
 """Callbacks every ``python -m vidlit`` run gets (see :func:`default_callbacks`).
 
-* :class:`EpochSeedCallback`: global RNGs re-seeded per epoch, so a resumed run trains exactly
-  like an uninterrupted one.
+* :class:`EpochSeedCallback`: global RNGs re-seeded per batch and the sampler epoch checked after
+  a resume, so a resumed run trains exactly like an uninterrupted one.
 * :class:`WandbMediaCallback`: after testing, the target-domain confusion matrix and a few sample
   clips per domain (mp4, written with PyAV) with true and predicted labels, sent to W&B.
 * :class:`vidlit.predictions.RunInfoCallback`: class names and domains stored in checkpoints.
@@ -26,24 +26,94 @@ from vidlit.data.video_io import write_video
 def default_callbacks() -> list[Callback]:
     """The callbacks the CLI adds to every trainer."""
     from vidlit.predictions import PredictionWriter, RunInfoCallback
+    from vidlit.tables import DomainResultsTable, VidlitModelSummary
 
-    return [EpochSeedCallback(), WandbMediaCallback(), RunInfoCallback(), PredictionWriter()]
+    callbacks: list[Callback] = [EpochSeedCallback(), WandbMediaCallback(), RunInfoCallback(), PredictionWriter(),
+                                 VidlitModelSummary(), DomainResultsTable()]
+    if os.environ.get(FAULT_ENV):
+        callbacks.append(FaultInjection())
+    return callbacks
+
+
+FAULT_ENV = "VIDLIT_FAULT"
+
+
+def fault_point(name: str) -> None:
+    """For crash-safety tests only: ``VIDLIT_FAULT=<name>`` kills this process (SIGKILL, as ``kill
+    -9`` or a power loss would) when it reaches the point ``name``. Points: ``train_batch:E:B``
+    (after training batch B of epoch E), ``validation_end:E`` (after epoch E's validation, before
+    its checkpoints), ``test_start``, ``results_write`` (``results.json`` half written)."""
+    if os.environ.get(FAULT_ENV) == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class FaultInjection(Callback):
+    """Calls :func:`fault_point` at the training, validation and test points it names."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        fault_point(f"train_batch:{trainer.current_epoch}:{batch_idx}")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            fault_point(f"validation_end:{trainer.current_epoch}")
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        fault_point("test_start")
 
 
 class EpochSeedCallback(Callback):
-    """Re-seeds ``torch``, ``numpy`` and ``random`` at the start of every training epoch from
-    (seed, epoch, rank). Checkpoints do not hold RNG states, so without this a run resumed from
-    ``last.ckpt`` would draw different dropout masks (or any other global-RNG draw) than an
-    uninterrupted one."""
+    """Makes a resumed run train exactly like an uninterrupted one.
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    * Global RNGs (``torch``, ``numpy``, ``random``) are re-seeded from (seed, epoch, batch index,
+      rank) before every training batch (and at every epoch start). Checkpoints do not hold RNG
+      states, and loaders draw from the global generator at unpredictable times (a DataLoader
+      draws its workers' base seed whenever an iterator is created), so seeding per batch is what
+      makes dropout masks and any other global-RNG draw depend on the batch only.
+    * The training iterator starts with the right sampler epoch after a resume. Lightning creates
+      the first training iterator in ``FitLoop.setup_data`` before it calls ``set_epoch``, and on a
+      restart it does not create another: with ``num_workers > 0`` the workers prefetch the first
+      batches at creation, so the epoch after a resume replayed epoch 0's order and augmentation
+      (the cause of the inexact resume of every strategy with workers; with ``num_workers 0`` the
+      sampler starts lazily and the bug hid). Samplers that record the epoch their current pass
+      started with (``iter_epoch``, as :class:`vidlit.data.sampler.DomainBalancedBatchSampler`
+      does) are checked at ``on_train_start`` and the iterator is recreated when it is stale.
+    """
+
+    @staticmethod
+    def _seed(pl_module: pl.LightningModule, *key: int) -> int:
         base = getattr(getattr(pl_module, "hparams", {}), "seed", None)
         if base is None:
             base = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        seed = int(np.random.SeedSequence([int(base), trainer.current_epoch, trainer.global_rank]).generate_state(1)[0])
+        return int(np.random.SeedSequence([int(base), *[int(k) for k in key]]).generate_state(1)[0])
+
+    def _reseed(self, seed: int) -> None:
         torch.manual_seed(seed)
         np.random.seed(seed)
         random.seed(seed)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        loop = trainer.fit_loop
+        combined = getattr(loop, "_combined_loader", None)
+        fetcher = getattr(loop, "_data_fetcher", None)
+        if combined is None or fetcher is None:
+            return
+        stale = False
+        for dl in combined.flattened:
+            sampler = getattr(dl, "batch_sampler", None)
+            if sampler is not None and hasattr(sampler, "iter_epoch") and sampler.iter_epoch != epoch:
+                sampler.set_epoch(epoch)
+                stale = True
+        if stale:
+            iter(fetcher)  # a new pass with the epoch now set (prefetched stale batches are dropped)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reseed(self._seed(pl_module, trainer.current_epoch, trainer.global_rank))
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._reseed(self._seed(pl_module, trainer.current_epoch, batch_idx, trainer.global_rank, 1))
 
 
 class WandbMediaCallback(Callback):

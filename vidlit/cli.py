@@ -17,21 +17,45 @@ from typing import Any, Optional
 
 import yaml
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from vidlit.backbones import BACKBONES, PretrainedWeightsError
+from vidlit.backbones import BACKBONES
 from vidlit.callbacks import default_callbacks
 from vidlit.data.datamodule import DATAMODULES
-from vidlit.data.records import DataError
-from vidlit.data.video_io import VideoDecodeError
+from vidlit.errors import VidlitError
 from vidlit.loggers import WandbOptions
 from vidlit.registry import UnknownNameError
-from vidlit.results import AtomicModelCheckpoint, HistoryCallback, build_results, print_table, write_results
+from vidlit.results import (
+    RESULTS_FILE, AtomicModelCheckpoint, HistoryCallback, WallClock, build_results, print_table, write_results,
+)
 from vidlit.strategy import STRATEGIES
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-USER_ERRORS = (DataError, UnknownNameError, PretrainedWeightsError, VideoDecodeError)
 RUN_DIR_ENV = "VIDLIT_RUN_DIR"
+
+
+class RunConfigCallback(SaveConfigCallback):
+    """Saves ``config.yaml`` as an experiment that ``fit --config RUN/config.yaml`` reruns: the
+    strategy, dataset and every setting, without where this run lived (``trainer.default_root_dir``,
+    the derived ``checkpoint.dirpath`` and ``ckpt_path`` are left empty, so a rerun gets a run
+    folder of its own instead of writing into, or resuming, this one)."""
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        import copy
+
+        original = self.config
+        config = copy.deepcopy(original)
+        run_dir = config.trainer.default_root_dir
+        if run_dir and config.get("checkpoint") is not None and config.checkpoint.dirpath == os.path.join(run_dir, "checkpoints"):
+            config.checkpoint.dirpath = None
+        config.trainer.default_root_dir = None
+        if "ckpt_path" in config:
+            config.ckpt_path = None
+        self.config = config
+        try:
+            super().setup(trainer, pl_module, stage)
+        finally:
+            self.config = original
 
 
 class VidlitCLI(LightningCLI):
@@ -40,6 +64,7 @@ class VidlitCLI(LightningCLI):
     def __init__(self, strategy: str, dataset: str, args: list[str], start_time: float) -> None:
         self.strategy_name, self.dataset_name, self.start_time = strategy, dataset, start_time
         self.run_dir: Optional[str] = None
+        self.finished_checkpoint: Optional[str] = None  # set when --ckpt_path names a finished run
         super().__init__(
             model_class=STRATEGIES.get(strategy),
             datamodule_class=DATAMODULES.get(dataset),
@@ -51,6 +76,7 @@ class VidlitCLI(LightningCLI):
                 "log_every_n_steps": 5,
                 "callbacks": [LearningRateMonitor(logging_interval="step")],
             },
+            save_config_callback=RunConfigCallback,
             save_config_kwargs={"overwrite": True},
         )
 
@@ -62,6 +88,8 @@ class VidlitCLI(LightningCLI):
         parser.set_defaults({
             "checkpoint.monitor": "val/acc", "checkpoint.mode": "max", "checkpoint.save_last": True,
             "checkpoint.filename": "best-{epoch:03d}", "checkpoint.auto_insert_metric_name": True,
+            # an epoch re-run after a kill rewrites its own best file instead of adding a '-v1' twin
+            "checkpoint.enable_version_counter": False,
         })
         parser.link_arguments("model.backbone", "data.backbone")
         parser.link_arguments("seed_everything", "data.seed", compute_fn=_seed)
@@ -71,9 +99,13 @@ class VidlitCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand]
+        # the classes actually trained (a --config file's strategy:/dataset: may have been overridden later)
+        cfg.strategy, cfg.dataset = self.strategy_name, self.dataset_name
         if cfg.get("ckpt_path") == "last" and not cfg.trainer.default_root_dir:
-            raise ValueError("--ckpt_path last resumes a run: also pass --trainer.default_root_dir RUN_DIR (the run's folder, with checkpoints/last.ckpt)")
+            raise VidlitError("--ckpt_path last resumes a run: also pass --trainer.default_root_dir RUN_DIR (the run's folder, with checkpoints/last.ckpt)")
         self.run_dir = _resolve_run_dir(cfg.trainer.default_root_dir, self.strategy_name, self.dataset_name)
+        if self.subcommand == "fit":
+            _check_writable(self.run_dir)
         cfg.trainer.default_root_dir = self.run_dir
         if cfg.checkpoint.dirpath is None:
             cfg.checkpoint.dirpath = os.path.join(self.run_dir, "checkpoints")
@@ -98,29 +130,126 @@ class VidlitCLI(LightningCLI):
         self.history = HistoryCallback()
         trainer.callbacks.append(self.history)
         trainer.callbacks.extend(default_callbacks())
+        self.wall_clock = WallClock(self.run_dir, self.start_time, resume=bool(cfg.get("ckpt_path")))
+        trainer.callbacks.append(self.wall_clock)
         return trainer
+
+    def fit(self, model: Any, datamodule: Any = None, ckpt_path: Optional[str] = None, **kwargs: Any) -> None:
+        """``trainer.fit``, except on a run that has already finished training (``--ckpt_path``
+        naming a checkpoint at ``max_epochs``/``max_steps``): then nothing is trained (Lightning
+        would re-enter the last epoch) and :meth:`after_fit` completes the run if needed."""
+        path = _resolve_ckpt_path(ckpt_path, self.trainer)
+        if path is not None:
+            state = load_checkpoint(path)
+            if _training_finished(state, self.trainer):
+                self.finished_checkpoint, self._finished_state = path, state
+                return
+        kwargs.setdefault("weights_only", True)  # checkpoints are untrusted input: no arbitrary unpickling
+        self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
 
     def after_fit(self) -> None:
         trainer = self.trainer
         if trainer.interrupted:
             return
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False)
+        results_path = os.path.join(self.run_dir, RESULTS_FILE)
+        if self.finished_checkpoint is not None:
+            state = self._finished_state
+            if os.path.isfile(results_path):
+                if trainer.is_global_zero:
+                    print(f"vidlit: run already finished ({state.get('epoch', 0) + 1} epochs, {self.finished_checkpoint}); "
+                          f"nothing trained, results unchanged: {results_path}")
+                return
+            # killed after training (while testing or writing results): complete the run from its checkpoints
+            best = _best_from_state(state)
+            self.history.load_state_dict(_callback_state(state, "HistoryCallback") or {})
+            if trainer.is_global_zero:
+                print(f"vidlit: training had finished ({self.finished_checkpoint}); testing the best checkpoint and writing results")
+        else:
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
         meta = {
             "strategy": self.strategy_name,
             "backbone": self.model.hparams.backbone,
             "dataset": self.dataset_name,
             "seed": self.config[self.subcommand].seed_everything,
             "run_dir": os.path.abspath(self.run_dir),
-            "wall_time_s": round(time.time() - self.start_time, 2),
+            "wall_time_s": self.wall_clock.update(),
         }
         results = build_results(trainer, self.model, self.datamodule, self.history.history, best, meta)
         if trainer.is_global_zero:
             path = write_results(self.run_dir, results)
+            self.wall_clock.update()
             print_table(results, path)
             from vidlit.loggers import finish_loggers
 
             finish_loggers(trainer, self.model, results)
+
+
+def load_checkpoint(path: str) -> dict:
+    """A Lightning checkpoint, unpickled with ``weights_only=True`` (checkpoints are untrusted input;
+    everything vidlit stores in one is plain data)."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise VidlitError(f"checkpoint '{path}' cannot be loaded safely (weights_only=True): {first}") from None
+
+
+def _resolve_ckpt_path(ckpt_path: Optional[str], trainer: Any) -> Optional[str]:
+    if not ckpt_path:
+        return None
+    if ckpt_path == "last":
+        cb = trainer.checkpoint_callback
+        dirpath = getattr(cb, "dirpath", None) if cb is not None else None
+        path = os.path.join(dirpath, "last.ckpt") if dirpath else None
+        return path if path and os.path.isfile(path) else None
+    if ckpt_path in ("best", "hpc", "registry"):
+        return None
+    if not os.path.isfile(ckpt_path):
+        raise VidlitError(f"--ckpt_path: no checkpoint file '{ckpt_path}'")
+    return ckpt_path
+
+
+def _training_finished(state: dict, trainer: Any) -> bool:
+    """Whether the checkpoint was saved once training had reached the trainer's limits."""
+    fit = state.get("loops", {}).get("fit_loop", {})
+    processed = fit.get("epoch_progress", {}).get("current", {}).get("processed")
+    last_batch = fit.get("epoch_loop.batch_progress", {}).get("is_last_batch", False)
+    step = int(state.get("global_step", 0))
+    if trainer.max_steps is not None and trainer.max_steps > 0 and step >= trainer.max_steps:
+        return True
+    max_epochs = trainer.max_epochs
+    return processed is not None and max_epochs is not None and max_epochs >= 0 and processed >= max_epochs and last_batch
+
+
+def _callback_state(state: dict, name: str) -> Optional[dict]:
+    for key, value in (state.get("callbacks") or {}).items():
+        if key == name or key.startswith(name + "{"):
+            return value
+    return None
+
+
+def _best_from_state(state: dict) -> str:
+    for key, value in (state.get("callbacks") or {}).items():
+        if "ModelCheckpoint" in key and isinstance(value, dict) and value.get("best_model_path"):
+            return str(value["best_model_path"])
+    return ""
+
+
+def _check_writable(run_dir: str) -> None:
+    """A run folder that cannot be written fails now, in one line, not after the first epoch."""
+    import tempfile
+
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise VidlitError(f"--trainer.default_root_dir: cannot write the run folder '{run_dir}' ({err.strerror or err}); choose a writable folder") from None
 
 
 def _seed(seed: Any) -> int:
@@ -149,53 +278,81 @@ def _resolve_run_dir(given: Optional[str], strategy: str, dataset: str) -> str:
     return run_dir
 
 
-def _pop_flag(args: list[str], flag: str) -> tuple[Optional[str], list[str]]:
-    """Remove ``--flag VALUE`` / ``--flag=VALUE`` from ``args``; return the value and the rest."""
-    out, value, i = [], None, 0
-    while i < len(args):
-        a = args[i]
-        if a == flag:
-            if i + 1 >= len(args):
-                raise UnknownNameError(f"{flag} needs a name")
-            value, i = args[i + 1], i + 2
+def _flag_value(args: list[str], i: int, flag: str) -> tuple[Optional[str], int]:
+    """If ``args[i]`` is ``flag VALUE`` or ``flag=VALUE``: (VALUE, index after it); else (None, i)."""
+    a = args[i]
+    if a == flag:
+        if i + 1 >= len(args) or args[i + 1].startswith("--"):
+            raise UnknownNameError(f"{flag} needs a name")
+        return args[i + 1], i + 2
+    if a.startswith(flag + "="):
+        return a.split("=", 1)[1], i + 1
+    return None, i
+
+
+def _config_keys(path: str) -> dict:
+    """Top-level ``strategy``/``dataset`` of a ``--config`` file (empty when it is not a file:
+    the parser then reports it)."""
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    return {k: data[k] for k in ("strategy", "dataset") if isinstance(data, dict) and data.get(k) is not None}
+
+
+def resolve_selection(argv: list[str]) -> tuple[str, str, list[str]]:
+    """The strategy and dataset a command line selects, and the arguments for the parser.
+
+    Arguments are read left to right and the last one wins, as for every other flag: ``--strategy``
+    and ``--dataset`` (removed here: they pick the classes), the ``strategy:``/``dataset:`` keys of
+    each ``--config`` file at that file's position, and ``--backbone NAME``, rewritten in place as
+    ``--model.backbone NAME`` so that a ``--config`` before it loses and one after it wins. The
+    chosen names are passed last (``--strategy S --dataset D``), so ``--print_config`` and the
+    saved ``config.yaml`` name the classes actually trained."""
+    strategy, dataset = "erm", "folder"
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        value, j = _flag_value(argv, i, "--strategy")
+        if value is not None:
+            strategy, i = value, j
             continue
-        if a.startswith(flag + "="):
-            value = a.split("=", 1)[1]
-        else:
-            out.append(a)
+        value, j = _flag_value(argv, i, "--dataset")
+        if value is not None:
+            dataset, i = value, j
+            continue
+        value, j = _flag_value(argv, i, "--backbone")
+        if value is not None:
+            BACKBONES.get(value)
+            out += ["--model.backbone", value]
+            i = j
+            continue
+        a = argv[i]
+        path = argv[i + 1] if a == "--config" and i + 1 < len(argv) else (a.split("=", 1)[1] if a.startswith("--config=") else None)
+        if path is not None:
+            keys = _config_keys(path)
+            strategy, dataset = keys.get("strategy", strategy), keys.get("dataset", dataset)
+            out += argv[i : i + (2 if a == "--config" else 1)]
+            i += 2 if a == "--config" else 1
+            continue
+        out.append(a)
         i += 1
-    return value, out
-
-
-def _from_configs(args: list[str], key: str) -> Optional[str]:
-    """A top-level ``key`` (``strategy``/``dataset``/``backbone``) from ``--config`` files, last wins."""
-    value = None
-    for i, a in enumerate(args):
-        path = args[i + 1] if a == "--config" and i + 1 < len(args) else (a.split("=", 1)[1] if a.startswith("--config=") else None)
-        if path and os.path.isfile(path):
-            with open(path) as fh:
-                data = yaml.safe_load(fh) or {}
-            if isinstance(data, dict) and key in data:
-                value = data[key]
-    return value
+    strategy, dataset = str(strategy).lower(), str(dataset).lower()
+    STRATEGIES.get(strategy)
+    DATAMODULES.get(dataset)
+    if out and out[0] in SUBCOMMANDS:
+        out += ["--strategy", strategy, "--dataset", dataset]
+    return strategy, dataset, out
 
 
 def run_cli(argv: list[str], start_time: Optional[float] = None) -> VidlitCLI:
     start_time = start_time or time.time()
-    strategy, args = _pop_flag(list(argv), "--strategy")
-    dataset, args = _pop_flag(args, "--dataset")
-    backbone, args = _pop_flag(args, "--backbone")
-    strategy = strategy or _from_configs(args, "strategy") or "erm"
-    dataset = dataset or _from_configs(args, "dataset") or "folder"
-    # a config file sets the backbone as model.backbone, which the parser handles itself
-    STRATEGIES.get(strategy)
-    DATAMODULES.get(dataset)
-    if backbone is not None:
-        BACKBONES.get(backbone)
-        # right after the subcommand, so that a later --model.backbone or --config still overrides it
-        args = args[:1] + ["--model.backbone", backbone] + args[1:]
+    strategy, dataset, args = resolve_selection(list(argv))
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-    return VidlitCLI(strategy.lower(), dataset.lower(), args, start_time)
+    return VidlitCLI(strategy, dataset, args, start_time)
 
 
 def print_registries() -> None:
@@ -215,10 +372,24 @@ def print_registries() -> None:
 def _one_line(err: BaseException) -> str:
     """The user-facing message; for errors re-raised from a DataLoader worker, the original one."""
     text = str(err)
+    if isinstance(err, KeyError) and len(err.args) == 1 and isinstance(err.args[0], str):
+        text = err.args[0]  # KeyError's str() adds quotes
     if "Original Traceback" in text:
         lines = [ln for ln in text.strip().splitlines() if ln.strip()]
         text = re.sub(r"^[\w.]+Error: ", "", lines[-1]) if lines else text
     return text
+
+
+def _user_error(err: BaseException) -> Optional[BaseException]:
+    """The :class:`VidlitError` behind ``err``: itself, or the one a DataLoader worker raised
+    (PyTorch re-raises a worker's exception as the same class when it can, else wraps it)."""
+    seen = 0
+    while err is not None and seen < 8:
+        if isinstance(err, VidlitError):
+            return err
+        err = err.__cause__ or err.__context__
+        seen += 1
+    return None
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -237,12 +408,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             return int(importlib.import_module(f"vidlit.{command}").main(argv[1:]) or 0)
         run_cli(argv, start)
         return 0
-    except USER_ERRORS as err:
-        print(f"vidlit: error: {_one_line(err)}", file=sys.stderr)
+    except Exception as err:  # noqa: BLE001 -- user errors are one line; anything else is a bug: traceback
+        user = _user_error(err)
+        if user is None:
+            raise
+        print(f"vidlit: error: {_one_line(user)}", file=sys.stderr)
         return 2
-    except (ValueError, ImportError) as err:
-        msg = _one_line(err)
-        if msg.startswith("--") or "--model." in msg or "--data." in msg or "pip install" in msg:
-            print(f"vidlit: error: {msg}", file=sys.stderr)
-            return 2
-        raise

@@ -9,10 +9,12 @@ import importlib
 import pkgutil
 from typing import Callable, Dict, Generic, Iterator, TypeVar
 
+from vidlit.errors import VidlitError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(VidlitError, KeyError):
     """Raised for a name that is not registered; ``str()`` is a one-line user-facing message."""
 
     def __str__(self) -> str:  # KeyError would quote the message

@@ -232,13 +232,75 @@ def build_results(
 
 def write_results(run_dir: str, results: dict) -> str:
     """Write ``results.json`` atomically; returns its path."""
+    from vidlit.callbacks import fault_point
+
     os.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, RESULTS_FILE)
     with open(path + ".tmp", "w") as fh:
         json.dump(results, fh, indent=2)
+        fh.flush()
+        fault_point("results_write")
     _fsync(path + ".tmp")
     os.replace(path + ".tmp", path)
     return path
+
+
+WALL_TIME_FILE = ".wall_time.json"
+
+
+class WallClock(Callback):
+    """Wall time of a run over all its processes (a run resumed after a kill has several).
+
+    Each process owns one entry of ``<run_dir>/.wall_time.json`` (``{"<start time>-<pid>": seconds}``),
+    refreshed at most every ``every_s`` seconds during training, at every checkpoint save and when
+    results are written; :meth:`update` returns the sum. A run started from scratch (no ``--ckpt_path``)
+    begins a new file. Only global rank 0 writes.
+    """
+
+    def __init__(self, run_dir: str, start_time: float, resume: bool, every_s: float = 10.0) -> None:
+        self.path = os.path.join(run_dir, WALL_TIME_FILE)
+        self.start_time, self.every_s = start_time, every_s
+        self.key = f"{start_time:.3f}-{os.getpid()}"
+        self._last = 0.0
+        self._fresh = not resume
+
+    def _entries(self) -> dict[str, float]:
+        if self._fresh:
+            return {}
+        try:
+            with open(self.path) as fh:
+                data = json.load(fh)
+            return {str(k): float(v) for k, v in data.items()} if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def update(self, now: Optional[float] = None) -> float:
+        """Record this process's time so far; returns the run's total."""
+        import time
+
+        now = time.time() if now is None else now
+        entries = self._entries()
+        entries[self.key] = round(now - self.start_time, 3)
+        if os.environ.get("LOCAL_RANK", "0") == "0" and int(os.environ.get("NODE_RANK", "0") or 0) == 0:
+            try:
+                os.makedirs(os.path.dirname(self.path), exist_ok=True)
+                with open(self.path + ".tmp", "w") as fh:
+                    json.dump(entries, fh)
+                os.replace(self.path + ".tmp", self.path)
+                self._fresh = False
+            except OSError:
+                pass
+        self._last = now
+        return round(sum(entries.values()), 2)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        import time
+
+        if time.time() - self._last >= self.every_s:
+            self.update()
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self.update()
 
 
 def print_table(results: dict, path: str) -> None:

@@ -31,13 +31,15 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from vidlit.errors import VidlitError
+
 SWEEP_FILE = "sweep.json"
 LOG_FILE = "sweep.log"
 #: flags the sweep sets per run
 OWN_FLAGS = ("--strategy", "--dataset", "--data.target_domains", "--seed_everything", "--trainer.default_root_dir", "--ckpt_path")
 
 
-class SweepError(ValueError):
+class SweepError(VidlitError):
     """A bad sweep command line; the message says what to change."""
 
 

@@ -7,8 +7,10 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from vidlit.errors import VidlitError
 
-class DataError(ValueError):
+
+class DataError(VidlitError):
     """Bad input data or data flags. ``str()`` is the user-facing message (one line per problem)."""
 
 

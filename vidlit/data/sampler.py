@@ -55,6 +55,7 @@ class DomainBalancedBatchSampler(Sampler[list[tuple[int, int]]]):
                 raise ValueError(f"{role} domain index {d} has {len(m)} training clips, fewer than {world_size} processes")
         self.shard_len = [len(m) // world_size for m in self.members]
         self.sampler = _EpochHook(self)
+        self.iter_epoch: int | None = None  # the epoch of the pass in progress (see EpochSeedCallback)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -79,6 +80,7 @@ class DomainBalancedBatchSampler(Sampler[list[tuple[int, int]]]):
 
     def batches(self, count: int) -> Iterator[list[tuple[int, int]]]:
         """``count`` batches of this epoch (cycling every domain as often as needed)."""
+        self.iter_epoch = self.epoch
         streams = [self._stream(i) for i in range(len(self.domains))]
         for _ in range(count):
             yield [(next(s), self.epoch) for s, b in zip(streams, self.per_domain) for _ in range(b)]
@@ -97,6 +99,10 @@ class SourceTargetBatchSampler(Sampler[list[tuple[str, int, int]]]):
     def __init__(self, source: DomainBalancedBatchSampler, target: DomainBalancedBatchSampler) -> None:
         self.source, self.target = source, target
         self.sampler = _EpochHook(self)
+
+    @property
+    def iter_epoch(self) -> int | None:
+        return self.source.iter_epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.source.set_epoch(epoch)

@@ -15,13 +15,15 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from vidlit.errors import VidlitError
+
 # Frames a container's frame count may overstate (headers are sometimes one or two frames long).
 # A clip reaching past the decodable end by at most this many frames repeats the last frame;
 # any more is an error, never a silent fill.
 FRAME_COUNT_SLACK = 2
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(VidlitError, RuntimeError):
     """A video could not be opened or decoded; the message names the file."""
 
 
