@@ -146,7 +146,8 @@ def test_chart_marks_chance_labels_bars_and_keeps_the_legend_off_them(tmp_path):
     results, _ = report.find_runs(root)
     (group,) = report.group_runs(results)
     info = report.group_tables(report.select(group["runs"]))
-    fig = report.chart_figure("t", info, report._chance(group["runs"]))
+    title = f"folder: held-out domain accuracy ({report._short_settings(group['shared'])})\ntraining-domain validation; mean ± SE over seeds"
+    fig = report.chart_figure(title, info, report._chance(group["runs"]))
     ax = fig.axes[0]
     fig.canvas.draw()
     chance = [ln for ln in ax.get_lines() if ln.get_label().startswith("chance")]
@@ -157,3 +158,5 @@ def test_chart_marks_chance_labels_bars_and_keeps_the_legend_off_them(tmp_path):
     axes_box = ax.get_window_extent()
     assert legend.x0 >= axes_box.x1  # outside the plotting area: it covers no bar
     assert legend.x1 <= fig.bbox.x1 + 1  # and not cut off
+    title = ax.title.get_window_extent()
+    assert title.x0 >= fig.bbox.x0 - 1 and title.x1 <= fig.bbox.x1 + 1

@@ -322,6 +322,20 @@ def _settings_text(shared: dict, names: Sequence[str]) -> str:
     return ", ".join(f"{n}={_fmt(shared.get(n))}" for n in names if n in shared) or "-"
 
 
+def _short_settings(shared: dict) -> str:
+    """``tiny3d, 12 epochs, 112px, 16 frames`` (what is known of them)."""
+    parts = []
+    if shared.get("model.backbone"):
+        parts.append(str(shared["model.backbone"]))
+    if shared.get("trainer.max_epochs") is not None:
+        parts.append(f"{shared['trainer.max_epochs']} epochs")
+    if shared.get("data.size") is not None:
+        parts.append(f"{shared['data.size']}px")
+    if shared.get("data.num_frames") is not None:
+        parts.append(f"{shared['data.num_frames']} frames")
+    return ", ".join(parts) or "settings unknown"
+
+
 def _stem(dataset: str, index: int, count: int) -> str:
     return f"report_{dataset}" if count == 1 else f"report_{dataset}-{index}"
 
@@ -480,7 +494,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         stem = os.path.join(out, _stem(g["dataset"], k, len(same)))
         differing = _settings_text(g["shared"], g["differs"]) if len(same) > 1 else ""
         write_csv(stem + ".csv", g["dataset"], g["info"], differing)
-        title = f"{g['dataset']}: held-out domain accuracy ({_settings_text(g['shared'], SUMMARY_KEYS[:4])})\n" \
+        title = f"{g['dataset']}: held-out domain accuracy ({_short_settings(g['shared'])})\n" \
                 "training-domain validation; mean ± SE over seeds"
         write_chart(stem + ".png", title, g["info"], _chance(g["runs"]))
         written += [os.path.basename(stem) + ".csv", os.path.basename(stem) + ".png"]
