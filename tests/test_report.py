@@ -87,7 +87,7 @@ def test_draws_with_different_epochs_are_not_selected_together(tmp_path):
     assert tables["Dataset `folder` (1 of 2): trainer.max_epochs=2"] == ["| erm | 60.0 | 60.0 | 1 |"]
     # among the 12-epoch draws (0 and 2), draw 0 has the best val_acc; model.lr is the search, not a setting
     assert tables["Dataset `folder` (2 of 2): trainer.max_epochs=12"] == ["| erm | 30.0 | 30.0 | 1 |"]
-    assert "Hyperparameter search over model.lr" in text
+    assert "Hyperparameter search (erm: model.lr)" in text
 
 
 def test_strategy_options_outside_the_search_make_separate_rows(tmp_path):
@@ -160,3 +160,23 @@ def test_chart_marks_chance_labels_bars_and_keeps_the_legend_off_them(tmp_path):
     assert legend.x1 <= fig.bbox.x1 + 1  # and not cut off
     title = ax.title.get_window_extent()
     assert title.x0 >= fig.bbox.x0 - 1 and title.x1 <= fig.bbox.x1 + 1
+
+
+def test_strategies_at_their_own_defaults_share_a_table(tmp_path):
+    """dann's defaults differ from erm's (e.g. its AdamW betas): that is no reason to split them; a
+    value the user set is."""
+    dann_defaults = report._strategy_defaults("dann")
+    erm_defaults = report._strategy_defaults("erm")
+    differing = sorted(k for k in dann_defaults if k in erm_defaults and not report._same(dann_defaults[k], erm_defaults[k]))
+    assert differing, "erm and dann no longer differ in any default: pick another pair"
+    own = {k.split(".", 1)[1]: json.loads(json.dumps(v)) for k, v in dann_defaults.items() if k in differing}
+    root = str(tmp_path / "runs")
+    _run(root, "erm", "A", 0, 0.5, 0.8)
+    _run(root, "dann", "A", 0, 0.6, 0.8, model=own)
+    _run(root, "erm", "A", 0, 0.4, 0.8, model={"lr": 0.01}, folder=os.path.join(root, "lr"))
+    assert report.main([root]) == 0
+    tables = _table_rows(open(os.path.join(root, "report.md")).read())
+    assert tables == {
+        "Dataset `folder` (1 of 2): model.lr=default": ["| erm | 50.0 | 50.0 | 1 |", "| dann | 60.0 | 60.0 | 1 |"],
+        "Dataset `folder` (2 of 2): model.lr=0.01": ["| erm | 40.0 | 40.0 | 1 |"],
+    }

@@ -146,6 +146,34 @@ def find_runs(root: str) -> tuple[list[dict], list[tuple[str, str]]]:
     return results, problems
 
 
+def _strategy_defaults(name: Optional[str]) -> dict[str, Any]:
+    """``{"model.NAME": default}`` of a registered strategy (the most derived class's default wins:
+    dann's own ``betas`` default, not the base class's); empty when the strategy is unknown here."""
+    from vidlit.strategy import STRATEGIES
+
+    try:
+        cls = STRATEGIES.get(str(name))
+    except Exception:  # noqa: BLE001 - a run of a strategy that no longer exists: compare raw values
+        return {}
+    out: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        try:
+            params = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        for p in params:
+            if p.default is not inspect.Parameter.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                out[f"model.{p.name}"] = p.default
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    return _key({"v": a}) == _key({"v": b})
+
+
 def _strategy_params() -> set[str]:
     """``model.*`` names every strategy has (the base class's arguments)."""
     from vidlit.strategy import Strategy
@@ -184,13 +212,17 @@ def group_runs(results: list[dict]) -> list[dict]:
         if settings is None:
             settings = {"config.yaml": "missing", "model.backbone": r.get("backbone")}
         searched = space.get((r["_pool"], r.get("dataset"), r.get("strategy")), set()) if r["_pool"][0] == "sweep" else set()
-        settings = {k: v for k, v in settings.items() if k not in searched}
+        # strategy options at that strategy's own default are "default": strategies with different
+        # defaults (dann's betas) are still compared in one table
+        defaults = _strategy_defaults(r.get("strategy"))
+        settings = {k: v for k, v in settings.items() if k not in searched
+                    and not (k.startswith("model.") and k != "model.backbone" and k in defaults and _same(v, defaults[k]))}
         shared = {k: v for k, v in settings.items() if not k.startswith("model.") or k in base}
         r["_own"] = {k: v for k, v in settings.items() if k not in shared}
         r["_searched"] = sorted(searched)
-        g = by_key.setdefault((r.get("dataset", "?"), _key(shared)), {"dataset": r.get("dataset", "?"), "shared": shared, "runs": [], "searched": set()})
+        g = by_key.setdefault((r.get("dataset", "?"), _key(shared)), {"dataset": r.get("dataset", "?"), "shared": shared, "runs": [], "searched": {}})
         g["runs"].append(r)
-        g["searched"].update(searched)
+        g["searched"].setdefault(r.get("strategy", "?"), set()).update(searched)
     groups = list(by_key.values())
     for dataset in {g["dataset"] for g in groups}:
         same = [g for g in groups if g["dataset"] == dataset]
@@ -199,7 +231,7 @@ def group_runs(results: list[dict]) -> list[dict]:
         for g in same:
             g["differs"] = differs
     for g in groups:
-        g["searched"] = sorted(g["searched"])
+        g["searched"] = {s: sorted(v) for s, v in sorted(g["searched"].items(), key=lambda kv: _row_order(kv[0])) if v}
         variants: dict[str, set[str]] = defaultdict(set)
         for r in g["runs"]:
             variants[r.get("strategy", "?")].add(_key(r["_own"]))
@@ -210,8 +242,8 @@ def group_runs(results: list[dict]) -> list[dict]:
             else:
                 others = [json.loads(v) for v in variants[s]]
                 diff = sorted(k for k in set().union(*others) if len({_key({"v": o.get(k)}) for o in others}) > 1)
-                r["_row"] = f"{s} (" + ", ".join(f"{k.removeprefix('model.')}={_fmt(r['_own'].get(k))}" for k in diff) + ")"
-    groups.sort(key=lambda g: (g["dataset"], [_sortable(g["shared"].get(n)) for n in g["differs"]]))
+                r["_row"] = f"{s} (" + ", ".join(f"{k.removeprefix('model.')}={_setting(r['_own'], k)}" for k in diff) + ")"
+    groups.sort(key=lambda g: (g["dataset"], [_sortable(g["shared"][n]) if n in g["shared"] else (-1, 0, "") for n in g["differs"]]))
     return groups
 
 
@@ -318,8 +350,14 @@ def _markdown_table(rows: dict[str, dict], columns: list[str]) -> list[str]:
     return out
 
 
-def _settings_text(shared: dict, names: Sequence[str]) -> str:
-    return ", ".join(f"{n}={_fmt(shared.get(n))}" for n in names if n in shared) or "-"
+def _setting(settings: dict, name: str) -> str:
+    if name not in settings and name.startswith("model."):
+        return "default"  # the strategy's own default
+    return _fmt(settings.get(name))
+
+
+def _settings_text(shared: dict, names: Sequence[str], all_names: bool = False) -> str:
+    return ", ".join(f"{n}={_setting(shared, n)}" for n in names if all_names or n in shared) or "-"
 
 
 def _short_settings(shared: dict) -> str:
@@ -349,13 +387,14 @@ def render(root: str, groups: list[dict], problems: list[tuple[str, str]], n_res
         k = same.index(g) + 1
         head = f"## Dataset `{g['dataset']}`"
         if len(same) > 1:
-            head += f" ({k} of {len(same)}): " + _settings_text(g["shared"], g["differs"])
+            head += f" ({k} of {len(same)}): " + _settings_text(g["shared"], g["differs"], all_names=True)
         lines += [head, "", f"Settings: {_settings_text(g['shared'], SUMMARY_KEYS)}.", ""]
         if len(same) > 1:
             lines += [f"The {len(same)} tables of `{g['dataset']}` differ in: " + ", ".join(g["differs"]) + ".", ""]
         if g["searched"]:
-            lines += ["Hyperparameter search over " + ", ".join(g["searched"]) + ": per held-out domain and seed, the draw "
-                      "with the best source-domain validation accuracy (ties: lower source-domain validation loss).", ""]
+            lines += ["Hyperparameter search (" + "; ".join(f"{s}: {', '.join(n)}" for s, n in g["searched"].items())
+                      + "): per held-out domain and seed, the draw of the sweep with the best source-domain validation "
+                      "accuracy (ties: lower source-domain validation loss).", ""]
         stem = _stem(g["dataset"], k, len(same))
         lines += [f"Files: {stem}.csv, {stem}.png", ""]
         info = g["info"]
@@ -492,7 +531,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         same = [x for x in groups if x["dataset"] == g["dataset"]]
         k = same.index(g) + 1
         stem = os.path.join(out, _stem(g["dataset"], k, len(same)))
-        differing = _settings_text(g["shared"], g["differs"]) if len(same) > 1 else ""
+        differing = _settings_text(g["shared"], g["differs"], all_names=True) if len(same) > 1 else ""
         write_csv(stem + ".csv", g["dataset"], g["info"], differing)
         title = f"{g['dataset']}: held-out domain accuracy ({_short_settings(g['shared'])})\n" \
                 "training-domain validation; mean ± SE over seeds"
