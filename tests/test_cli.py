@@ -83,3 +83,104 @@ def test_root_without_domain_folders(tmp_path):
     (tmp_path / "empty").mkdir()
     proc = run_vidlit("fit", "--data.root", str(tmp_path / "empty"), *TINY_FLAGS)
     assert proc.returncode == 2 and "no videos found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# later arguments override --config files; the saved config.yaml reruns the run it belongs to
+# ----------------------------------------------------------------------------------------------
+import yaml  # noqa: E402
+
+
+def _printed_config(*args: str) -> dict:
+    proc = run_vidlit("fit", *args, "--print_config")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return yaml.safe_load(proc.stdout)
+
+
+def test_later_flags_override_config_files_and_earlier_ones_lose(tiny_root, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"strategy: dann\ndataset: videolist\ndata:\n  root: {tiny_root}\nmodel:\n  backbone: tiny3d\n  lr: 0.01\n")
+    later = _printed_config("--config", str(cfg), "--strategy", "coral", "--dataset", "folder", "--backbone", "r3d_18", "--model.lr", "0.02")
+    assert (later["strategy"], later["dataset"], later["model"]["backbone"], later["model"]["lr"]) == ("coral", "folder", "r3d_18", 0.02)
+    assert "coral_weight" in later["model"] and "lambda_value" not in later["model"]  # coral's own arguments
+    earlier = _printed_config("--strategy", "coral", "--dataset", "folder", "--backbone", "r3d_18", "--model.lr", "0.02", "--config", str(cfg))
+    assert (earlier["strategy"], earlier["dataset"], earlier["model"]["backbone"], earlier["model"]["lr"]) == ("dann", "videolist", "tiny3d", 0.01)
+    # the short forms and --model.* of the chosen strategy still work together
+    dann = _printed_config("--data.root", tiny_root, "--strategy", "dann", "--model.lambda_schedule", "warmstart")
+    assert dann["strategy"] == "dann" and dann["model"]["lambda_schedule"] == "warmstart"
+
+
+def test_run_trains_and_records_the_strategy_given_after_the_config(tiny_root, tmp_path):
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(f"strategy: dann\ndata:\n  root: {tiny_root}\n")
+    run_dir = tmp_path / "run"
+    proc = run_vidlit("fit", "--config", str(cfg), "--strategy", "coral", *TINY_FLAGS, "--trainer.max_epochs", "1",
+                      "--trainer.limit_train_batches", "2", "--trainer.default_root_dir", str(run_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((run_dir / "results.json").read_text())["strategy"] == "coral"
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["strategy"] == "coral" and "coral_weight" in saved["model"]
+    import torch
+
+    hparams = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["hyper_parameters"]
+    assert "coral_weight" in hparams and "lambda_value" not in hparams  # coral was trained, not dann
+
+
+@pytest.mark.slow
+def test_saved_config_reproduces_the_run(tiny_root, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    proc = run_vidlit("fit", "--strategy", "mixup", "--data.root", tiny_root, *TINY_FLAGS, "--model.alpha", "0.4",
+                      "--model.lr", "0.005", "--seed_everything", "5", "--trainer.default_root_dir", str(first))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = (first / "config.yaml").read_text()
+    assert yaml.safe_load(saved)["trainer"]["default_root_dir"] is None  # a rerun gets a run folder of its own
+    proc = run_vidlit("fit", "--config", str(first / "config.yaml"), "--trainer.default_root_dir", str(second))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (second / "config.yaml").read_text() == saved  # every setting, strategy, dataset and backbone alike
+    a, b = (json.loads((d / "results.json").read_text()) for d in (first, second))
+    ignored = {"wall_time_s", "run_dir", "best_checkpoint"}
+    assert {k: v for k, v in a.items() if k not in ignored} == {k: v for k, v in b.items() if k not in ignored}
+    assert a["strategy"] == "mixup" and a["seed"] == 5
+
+
+# ----------------------------------------------------------------------------------------------
+# untrusted files and unwritable folders: one line, before training, no code run
+# ----------------------------------------------------------------------------------------------
+class _Payload:
+    """Unpickling this runs code: it would create the file ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _evil_pickle(path, marker) -> str:
+    import torch
+
+    torch.save({"state_dict": {"w": _Payload(str(marker))}}, str(path))
+    assert not marker.exists()
+    return str(path)
+
+
+@pytest.mark.parametrize("flag", ["--model.pretrained", "--ckpt_path"])
+def test_a_pickle_that_would_run_code_is_refused(flag, tiny_root, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = _evil_pickle(tmp_path / "evil.ckpt", marker)
+    proc = run_vidlit("fit", "--data.root", tiny_root, *TINY_FLAGS, flag, evil, "--trainer.default_root_dir", str(tmp_path / "run"))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    err = proc.stderr.strip().splitlines()
+    assert err[-1].startswith("vidlit: error:") and evil in err[-1] and "weights_only" in err[-1], err[-1]
+    assert "Traceback" not in proc.stderr
+    assert not marker.exists()  # the payload never ran
+
+
+def test_unwritable_run_folder_is_one_line_before_training(tiny_root, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    proc = run_vidlit("fit", "--data.root", tiny_root, *TINY_FLAGS, "--trainer.default_root_dir", str(blocker / "run"))
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert err[-1].startswith("vidlit: error:") and str(blocker / "run") in err[-1] and "--trainer.default_root_dir" in err[-1]
+    assert "Traceback" not in proc.stderr and "Epoch" not in proc.stdout

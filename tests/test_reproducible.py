@@ -25,7 +25,7 @@ def accuracies(results: dict) -> dict:
 
 def final_weights(run_dir: str) -> dict:
     """The model weights of ``last.ckpt`` (after the final epoch)."""
-    ckpt = torch.load(os.path.join(run_dir, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=False)
+    ckpt = torch.load(os.path.join(run_dir, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)
     return ckpt["state_dict"]
 
 

@@ -135,3 +135,119 @@ def test_last_checkpoint_is_the_last_epoch_and_history_survives_testing_the_best
     assert [h["epoch"] for h in last["callbacks"]["HistoryCallback"]["history"]] == [0, 1, 2]
     trainer.test(ckpt_path=ckpt.best_model_path, dataloaders=data, verbose=False)  # restores callback states
     assert [h["epoch"] for h in history.history] == [0, 1, 2]
+
+
+# ----------------------------------------------------------------------------------------------
+# Every strategy, killed anywhere, ends like an uninterrupted run; a finished run is left alone.
+# DataLoader workers are on (2): the replayed-epoch bug after a restart only shows with workers.
+# ----------------------------------------------------------------------------------------------
+import json  # noqa: E402
+import shutil  # noqa: E402
+
+from tests.helpers import TINY_FLAGS  # noqa: E402
+from vidlit.callbacks import FAULT_ENV  # noqa: E402
+from vidlit.strategy import STRATEGIES  # noqa: E402
+
+KILL_EPOCHS = 3  # the kill is in epoch 1: two epochs train after the restart
+
+
+def _strategy_args(root: str, strategy: str, run_dir: str) -> list[str]:
+    return ["fit", "--strategy", strategy, "--data.root", root, *TINY_FLAGS, "--data.num_workers", "2",
+            "--trainer.max_epochs", str(KILL_EPOCHS), "--seed_everything", "3", "--trainer.default_root_dir", run_dir]
+
+
+def _strategy_reference(root: str, strategy: str, base_dir: str) -> str:
+    """One uninterrupted run per strategy per session (shared by the tests below)."""
+    run_dir = os.path.join(base_dir, f"reference-{strategy}")
+    if not os.path.isfile(os.path.join(run_dir, "results.json")):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        proc = run_vidlit(*_strategy_args(root, strategy, run_dir))
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    return run_dir
+
+
+def _killed_at(args: list[str], point: str) -> subprocess.CompletedProcess:
+    proc = run_vidlit(*args, env={FAULT_ENV: point})
+    assert proc.returncode == -signal.SIGKILL, f"not killed at {point} (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def _same_run(run_dir: str, reference_dir: str) -> None:
+    got, want = load_results(run_dir), load_results(reference_dir)
+    assert accuracies(got) == accuracies(want)
+    assert got["epochs_run"] == want["epochs_run"] == KILL_EPOCHS
+    assert os.path.basename(got["best_checkpoint"]) == os.path.basename(want["best_checkpoint"])
+    # the same checkpoint files: no '-v1' twin of a best checkpoint written again after the kill
+    assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == sorted(os.listdir(os.path.join(reference_dir, "checkpoints")))
+    assert_same_weights(final_weights(run_dir), final_weights(reference_dir))
+    best = lambda d: torch.load(load_results(d)["best_checkpoint"], map_location="cpu", weights_only=True)["state_dict"]  # noqa: E731
+    assert_same_weights(best(run_dir), best(reference_dir))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", STRATEGIES.names())
+def test_every_strategy_killed_mid_epoch_and_after_last_validation_resumes_exactly(strategy, tiny_root, tmp_path_factory, tmp_path):
+    reference_dir = _strategy_reference(tiny_root, strategy, str(tmp_path_factory.getbasetemp()))
+    run_dir = str(tmp_path / "run")
+    args = _strategy_args(tiny_root, strategy, run_dir)
+    _killed_at(args, "train_batch:1:2")  # mid-epoch 1: last.ckpt is epoch 0's
+    assert not os.path.exists(os.path.join(run_dir, "results.json"))
+    assert torch.load(os.path.join(run_dir, "checkpoints", "last.ckpt"), map_location="cpu", weights_only=True)["epoch"] == 0
+    # resumed, then killed after the last epoch's validation, before its checkpoints: that epoch runs again
+    _killed_at([*args, "--ckpt_path", "last"], f"validation_end:{KILL_EPOCHS - 1}")
+    assert not os.path.exists(os.path.join(run_dir, "results.json"))
+    proc = run_vidlit(*args, "--ckpt_path", "last")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    _same_run(run_dir, reference_dir)
+    # three processes trained this run: its wall time is their sum, more than the last one's
+    wall = json.load(open(os.path.join(run_dir, ".wall_time.json")))
+    assert len(wall) == 3 and load_results(run_dir)["wall_time_s"] == pytest.approx(sum(wall.values()), abs=0.05)
+    assert load_results(run_dir)["wall_time_s"] > max(wall.values())
+
+
+def _copy_run(src: str, dst: str) -> str:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_resuming_a_finished_run_trains_nothing_and_keeps_its_results(tiny_root, tmp_path_factory, tmp_path):
+    reference_dir = _strategy_reference(tiny_root, "dann", str(tmp_path_factory.getbasetemp()))
+    run_dir = _copy_run(reference_dir, str(tmp_path / "run"))
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    before = {name: (os.stat(os.path.join(ckpt_dir, name)).st_mtime_ns, open(os.path.join(ckpt_dir, name), "rb").read())
+              for name in os.listdir(ckpt_dir)}
+    results_before = open(os.path.join(run_dir, "results.json"), "rb").read()
+    config_before = open(os.path.join(run_dir, "config.yaml"), "rb").read()
+    proc = run_vidlit(*_strategy_args(tiny_root, "dann", run_dir), "--ckpt_path", "last")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = proc.stdout + proc.stderr
+    lines = [ln for ln in out.splitlines() if "run already finished" in ln]
+    assert len(lines) == 1 and "nothing trained" in lines[0], out[-3000:]
+    assert "Restoring states" not in out  # Lightning's fit never started: no training step, no re-validation
+    assert open(os.path.join(run_dir, "results.json"), "rb").read() == results_before  # byte for byte
+    assert open(os.path.join(run_dir, "config.yaml"), "rb").read() == config_before
+    after = {name: (os.stat(os.path.join(ckpt_dir, name)).st_mtime_ns, open(os.path.join(ckpt_dir, name), "rb").read())
+             for name in os.listdir(ckpt_dir)}
+    assert after == before  # no new best-*-v1.ckpt, last.ckpt untouched
+
+
+@pytest.mark.parametrize("point", ["test_start", "results_write"])
+def test_killed_while_testing_or_writing_results_completes_without_training(point, tiny_root, tmp_path_factory, tmp_path):
+    """Training had finished (last.ckpt is final) but results.json was never (fully) written."""
+    reference_dir = _strategy_reference(tiny_root, "dann", str(tmp_path_factory.getbasetemp()))
+    run_dir = _copy_run(reference_dir, str(tmp_path / "run"))
+    os.remove(os.path.join(run_dir, "results.json"))
+    args = [*_strategy_args(tiny_root, "dann", run_dir), "--ckpt_path", "last"]
+    _killed_at(args, point)  # the resume itself is killed while testing / mid-write
+    assert not os.path.exists(os.path.join(run_dir, "results.json"))  # a torn write never replaces results.json
+    last_before = open(os.path.join(run_dir, "checkpoints", "last.ckpt"), "rb").read()
+    proc = run_vidlit(*args)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "training had finished" in proc.stdout + proc.stderr and "Restoring states from the checkpoint path at " + os.path.join(run_dir, "checkpoints", "last.ckpt") not in proc.stdout + proc.stderr
+    assert open(os.path.join(run_dir, "checkpoints", "last.ckpt"), "rb").read() == last_before
+    got, want = load_results(run_dir), load_results(reference_dir)
+    assert accuracies(got) == accuracies(want)
+    assert os.path.basename(got["best_checkpoint"]) == os.path.basename(want["best_checkpoint"])
+    assert os.path.dirname(got["best_checkpoint"]) == os.path.join(run_dir, "checkpoints")  # this run's file, not the original's
+    ignored = {"wall_time_s", "run_dir", "best_checkpoint"}
+    assert {k: v for k, v in got.items() if k not in ignored} == {k: v for k, v in want.items() if k not in ignored}

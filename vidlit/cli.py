@@ -160,7 +160,7 @@ class VidlitCLI(LightningCLI):
                           f"nothing trained, results unchanged: {results_path}")
                 return
             # killed after training (while testing or writing results): complete the run from its checkpoints
-            best = _best_from_state(state)
+            best = _best_from_state(state, getattr(trainer.checkpoint_callback, "dirpath", None))
             self.history.load_state_dict(_callback_state(state, "HistoryCallback") or {})
             if trainer.is_global_zero:
                 print(f"vidlit: training had finished ({self.finished_checkpoint}); testing the best checkpoint and writing results")
@@ -178,7 +178,6 @@ class VidlitCLI(LightningCLI):
         results = build_results(trainer, self.model, self.datamodule, self.history.history, best, meta)
         if trainer.is_global_zero:
             path = write_results(self.run_dir, results)
-            self.wall_clock.update()
             print_table(results, path)
             from vidlit.loggers import finish_loggers
 
@@ -233,10 +232,14 @@ def _callback_state(state: dict, name: str) -> Optional[dict]:
     return None
 
 
-def _best_from_state(state: dict) -> str:
+def _best_from_state(state: dict, checkpoint_dir: Optional[str]) -> str:
+    """The best checkpoint recorded in a checkpoint's ModelCheckpoint state; when the run folder
+    has moved since, the file of that name in this run's checkpoint folder."""
     for key, value in (state.get("callbacks") or {}).items():
         if "ModelCheckpoint" in key and isinstance(value, dict) and value.get("best_model_path"):
-            return str(value["best_model_path"])
+            path = str(value["best_model_path"])
+            here = os.path.join(checkpoint_dir, os.path.basename(path)) if checkpoint_dir else path
+            return here if os.path.isfile(here) else path
     return ""
 
 

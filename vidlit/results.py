@@ -226,6 +226,9 @@ def build_results(
         "oracle_epoch": oracle_best["epoch"] if oracle_best else None,
         "epochs_run": len(history),
         "bad_videos": int(sum(h.get("bad_videos") or 0 for h in history)),
+        # videos left out before training by --data.on_bad_video skip, per split (bad_videos: training
+        # clips replaced later, when a video failed to decode mid-run)
+        "skipped_videos": datamodule.skipped_counts() if hasattr(datamodule, "skipped_counts") else {},
         "history": history,
     }
 
@@ -326,4 +329,7 @@ def print_table(results: dict, path: str) -> None:
     console.print(table)
     if results.get("bad_videos"):
         console.print(f"bad videos replaced during training: {results['bad_videos']}")
+    if any((results.get("skipped_videos") or {}).values()):
+        counts = ", ".join(f"{k} {v}" for k, v in results["skipped_videos"].items())
+        console.print(f"unreadable videos left out (--data.on_bad_video skip): {counts}")
     console.print(f"results: {path}")

@@ -190,10 +190,19 @@ class Strategy(pl.LightningModule):
         return self.head(self.features(video))
 
     def step_generator(self) -> torch.Generator:
-        """A generator seeded by (seed, global step, rank) for random draws inside a training step,
-        so that a resumed run draws the same numbers as an uninterrupted one."""
+        """A generator for random draws inside a training step, seeded by (seed, optimizer step,
+        training batch, rank): every micro-batch of an optimizer step under
+        ``--trainer.accumulate_grad_batches N`` draws its own numbers, the same ones on every call
+        within the batch, and a resumed run draws what an uninterrupted one does (the batch counter
+        is the fit loop's, restored from the checkpoint)."""
+        import numpy as np
+
+        batch = 0
+        if self._trainer is not None:
+            batch = int(self.trainer.fit_loop.epoch_loop.batch_progress.total.ready)
+        key = [int(self.hparams.seed), int(self.global_step), batch, int(self.global_rank)]
         g = torch.Generator(device="cpu")
-        g.manual_seed(hash((self.hparams.seed, self.global_step, self.global_rank)) & 0x7FFF_FFFF)
+        g.manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
         return g
 
     # ----------------------------------------------------------------- the one method to override

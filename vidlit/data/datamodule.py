@@ -6,6 +6,7 @@ batches, DDP sharding -- is shared. See ``datamodules/folder.py`` for the smalle
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 from abc import abstractmethod
@@ -25,6 +26,7 @@ from vidlit.data.target import SourceTargetDataset, collate_source_target
 from vidlit.data.video_io import VideoDecodeError, probe_video
 from vidlit.registry import Registry
 
+log = logging.getLogger("vidlit.data")
 DATAMODULES: Registry[type] = Registry("dataset", "--dataset")
 DATAMODULES.scan("datamodules")
 
@@ -70,8 +72,12 @@ class MultiDomainDataModule(pl.LightningDataModule):
         flip_label_map: class -> class to use when a clip is flipped.
         color_jitter: brightness/contrast jitter strength (0 = off).
         short_video: videos shorter than a clip ``loop`` or ``pad`` (repeat the last frame).
-        on_bad_video: a clip that fails to decode in training: ``error`` (stop, naming the file) or
-            ``skip`` (replace it by another clip of the same domain and class, and count it).
+        on_bad_video: unreadable videos, in every split: ``error`` (stop; the files that can be
+            probed cheaply are all named before training starts) or ``skip``: leave them out and
+            count them per split (``skipped_videos`` in ``results.json``, one warning per file).
+            With ``skip``, validation and test clips are decoded once before training, exactly as
+            evaluated, and a training clip that fails later is replaced by another clip of the same
+            domain and class (counted in ``bad_videos``).
         eval_target_each_epoch: also evaluate the target domains each epoch (logged as
             ``val_target/*``; used only for the oracle upper bound, never for selection).
         seed: augmentation and batch-order seed.
@@ -132,6 +138,7 @@ class MultiDomainDataModule(pl.LightningDataModule):
         self.target_batch_size = target_batch_size or batch_size
         self._source, self._target, self._classes = source_domains, target_domains, classes
         self._indexed = False
+        self._eval_checked = False
         self._decoder: Optional[RecordDecoder] = None
 
     # ----------------------------------------------------------------- to implement per dataset
@@ -177,15 +184,26 @@ class MultiDomainDataModule(pl.LightningDataModule):
         with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
             probed = list(pool.map(self._probe, used))
         problems = [p for _, p in probed if p]
-        if problems:
+        if problems and self.hparams.on_bad_video != "skip":
             raise DataError(
-                f"{len(problems)} unreadable video(s) in {self.describe()}; fix or remove them:\n  " + "\n  ".join(problems)
+                f"{len(problems)} unreadable video(s) in {self.describe()}; fix or remove them "
+                f"(or pass --data.on_bad_video skip to leave them out and count them):\n  " + "\n  ".join(problems)
             )
         recs = [r for r, _ in probed]
+        bad = {id(r): p for r, p in probed if p}
         self.source_domains, self.target_domains = source, target
         src = [r for r in recs if r.domain in source]
-        self.train_records, self.val_records = holdout_split(src, self.hparams.holdout_fraction, self.hparams.split_seed)
-        self.test_records = sorted((r for r in recs if r.domain in target), key=lambda r: (r.domain, r.path, r.start_frame or 0))
+        # split with the bad files still in, so that the good ones land where they would anyway
+        train, val = holdout_split(src, self.hparams.holdout_fraction, self.hparams.split_seed)
+        test = sorted((r for r in recs if r.domain in target), key=lambda r: (r.domain, r.path, r.start_frame or 0))
+        self.skipped: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+        for split, rows in (("train", train), ("val", val), ("test", test)):
+            self.skipped[split] = [bad[id(r)] for r in rows if id(r) in bad]
+        self.train_records = [r for r in train if id(r) not in bad]
+        self.val_records = [r for r in val if id(r) not in bad]
+        self.test_records = [r for r in test if id(r) not in bad]
+        if bad:
+            self._report_skipped("unreadable")
         for d in source:
             if not any(r.domain == d for r in self.train_records):
                 raise DataError(f"source domain '{d}' has no training videos after the holdout split")
@@ -228,8 +246,59 @@ class MultiDomainDataModule(pl.LightningDataModule):
         can return that instead."""
         return self.test_records
 
+    def _report_skipped(self, what: str) -> None:
+        for split, why in self.skipped.items():
+            for line in why:
+                log.warning("on_bad_video skip: left out of %s: %s", split, line)
+        counts = ", ".join(f"{k} {len(v)}" for k, v in self.skipped.items())
+        log.warning("on_bad_video skip: %s video(s) left out so far (%s)", sum(len(v) for v in self.skipped.values()), counts)
+
+    def _check_eval_clips(self) -> None:
+        """With ``on_bad_video skip``: decode every validation and test clip once, exactly as
+        evaluation will (evaluation clips are deterministic), and leave out the videos that fail,
+        counted per split. Evaluating on a replacement clip would change the metric; dropping a
+        clip from a batch mid-epoch could leave an empty batch."""
+        if self._eval_checked or self.hparams.on_bad_video != "skip":
+            return
+        self._eval_checked = True
+        views = [(1, 1)] + ([self.test_views] if self.test_views != (1, 1) else [])
+
+        def failure(job: tuple[ClipDataset, int]) -> Optional[str]:
+            dataset, i = job
+            try:
+                dataset._load(i, None)
+            except VideoDecodeError as err:
+                return str(err)
+            return None
+
+        found = False
+        for split, domains, v in (("val", self.source_domains, [(1, 1)]), ("test", self.target_domains, views)):
+            records = getattr(self, f"{split}_records")
+            failed: dict[int, str] = {}
+            for view in v:
+                ds = self._dataset(records, domains, train=False, views=view)
+                with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
+                    for i, why in enumerate(pool.map(failure, [(ds, i) for i in range(len(ds))])):
+                        if why and i not in failed:
+                            failed[i] = why
+            if failed:
+                found = True
+                self.skipped[split] += [failed[i] for i in sorted(failed)]
+                setattr(self, f"{split}_records", [r for i, r in enumerate(records) if i not in failed])
+        if found:
+            self._report_skipped("undecodable")
+        if not self.val_records and self.hparams.holdout_fraction > 0:
+            raise DataError("--data.on_bad_video skip: no readable validation video is left")
+        if not self.test_records:
+            raise DataError("--data.on_bad_video skip: no readable target-domain video is left to test on")
+
+    def skipped_counts(self) -> dict[str, int]:
+        """Videos left out per split by ``on_bad_video skip`` (before training)."""
+        return {k: len(v) for k, v in getattr(self, "skipped", {"train": [], "val": [], "test": []}).items()}
+
     def setup(self, stage: str) -> None:
         self.prepare_index()
+        self._check_eval_clips()
         self.train_set = self._dataset(self.train_records, self.source_domains, train=True)
         self.val_set = self._dataset(self.val_records, self.source_domains, train=False)
         self.test_set = self._dataset(self.test_records, self.target_domains, train=False)  # one view per video

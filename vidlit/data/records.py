@@ -63,6 +63,7 @@ def check_domains(
 
 def check_classes(records: Iterable[VideoRecord], domains: Sequence[str], classes: Optional[Sequence[str]]) -> list[str]:
     """Class names in label order; every used domain must hold every class."""
+    records = list(records)
     per_domain: dict[str, set[str]] = {d: set() for d in domains}
     for r in records:
         if r.domain in per_domain:
@@ -80,9 +81,16 @@ def check_classes(records: Iterable[VideoRecord], domains: Sequence[str], classe
         for d, have in per_domain.items() if set(union) - have
     ]
     if problems:
+        # name where each partial class comes from: a typo in a label is a class of one domain, one file
+        partial = [c for c in union if any(c not in have for have in per_domain.values())]
+        where = []
+        for c in partial[:5]:
+            files = [r.path for r in records if r.label == c and r.domain in per_domain]
+            doms = sorted({r.domain for r in records if r.label == c and r.domain in per_domain})
+            where.append(f"'{c}' only in {', '.join(doms)} ({len(files)} video(s), e.g. {files[0]})")
         raise DataError(
-            "classes differ between domains: " + "; ".join(problems)
-            + ". Use --data.classes '[...]' to train on the classes every domain has."
+            "classes differ between domains: " + "; ".join(problems) + " [class " + "; ".join(where) + "]"
+            + ". Fix the labels, or use --data.classes '[...]' to train on the classes every domain has."
         )
     if not union:
         raise DataError("no videos found in the selected domains")
