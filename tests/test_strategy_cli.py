@@ -44,7 +44,8 @@ class DumpWeights(Callback):
     def _save(self, trainer, pl_module, name: str) -> None:
         os.makedirs(self.out_dir, exist_ok=True)
         state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
-        torch.save({"world_size": trainer.world_size, "state": state}, os.path.join(self.out_dir, name))
+        params = [n for n, p in pl_module.named_parameters() if p.requires_grad]
+        torch.save({"world_size": trainer.world_size, "state": state, "params": params}, os.path.join(self.out_dir, name))
 
     def on_train_start(self, trainer, pl_module) -> None:
         if trainer.global_rank == 0:
@@ -68,16 +69,21 @@ def _fit(tiny_root: str, run_dir: str, *extra: str) -> None:
 def test_strategy_under_ddp_keeps_identical_weights_on_both_ranks(tiny_root, tmp_path, config):
     out = str(tmp_path / "weights")
     callback = json.dumps({"class_path": "tests.test_strategy_cli.DumpWeights", "init_args": {"out_dir": out}})
-    _fit(tiny_root, str(tmp_path / "run"), *CLI_CONFIGS[config], *DDP, f"--trainer.callbacks+={callback}")
+    # no weight decay: a parameter that moved was moved by a gradient step, not by the decay alone
+    _fit(tiny_root, str(tmp_path / "run"), *CLI_CONFIGS[config], *DDP, "--model.weight_decay", "0", f"--trainer.callbacks+={callback}")
     r0, r1 = (torch.load(os.path.join(out, f"rank{r}.pt")) for r in (0, 1))
-    initial = torch.load(os.path.join(out, "initial.pt"))["state"]
+    first = torch.load(os.path.join(out, "initial.pt"))
+    initial, params = first["state"], first["params"]
     assert r0["world_size"] == r1["world_size"] == 2
     assert r0["state"].keys() == r1["state"].keys()
     for key in r0["state"]:
         if "running_" in key or key.endswith("num_batches_tracked"):
             continue  # BN statistics are per rank between DDP's buffer broadcasts
         assert torch.equal(r0["state"][key], r1["state"][key]), key
-    assert any(not torch.equal(initial[k], r0["state"][k]) for k in initial if k.startswith("backbone."))
+    # trained: backbone *parameters* moved (BatchNorm running statistics alone would also differ)
+    backbone = [k for k in params if k.startswith("backbone.")]
+    assert backbone and all(not torch.equal(initial[k], r0["state"][k]) for k in backbone), \
+        [k for k in backbone if torch.equal(initial[k], r0["state"][k])]
 
 
 # what each strategy logs besides train/loss (every strategy also trains with bf16-mixed in-process

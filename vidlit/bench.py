@@ -14,13 +14,14 @@ import sys
 from types import ModuleType
 from typing import Optional, Sequence
 
-NAMES = ("loop", "loader", "strategies", "precision", "ddp", "demo")
+NAMES = ("loop", "loader", "strategies", "precision", "ddp", "demo", "defaults_search")
 #: what ``--quick`` (a tiny smoke run) means for the benchmarks that have no ``--quick`` of their own
 QUICK = {
     "loader": ["--reps", "1", "--epochs_per_rep", "1", "--workers", "1", "--videos_per_class", "1", "--seconds", "1",
                "--batch_size", "4", "--parts", "1"],
     "strategies": ["--reps", "1", "--steps", "1", "--warmup", "1", "--batch-size", "6", "--frames", "4", "--size", "32",
                    "--num-batches", "1", "--only", "erm"],
+    "defaults_search": ["--seeds", "0", "--only", "groupdro"],
 }
 USAGE = f"usage: python -m vidlit bench {{{','.join(NAMES)},all}} [options] (NAME --help for a benchmark's options)"
 
