@@ -153,7 +153,8 @@ KILL_EPOCHS = 3  # the kill is in epoch 1: two epochs train after the restart
 
 def _strategy_args(root: str, strategy: str, run_dir: str) -> list[str]:
     return ["fit", "--strategy", strategy, "--data.root", root, *TINY_FLAGS, "--data.num_workers", "2",
-            "--trainer.max_epochs", str(KILL_EPOCHS), "--seed_everything", "3", "--trainer.default_root_dir", run_dir]
+            "--trainer.max_epochs", str(KILL_EPOCHS), "--seed_everything", "3", "--trainer.num_sanity_val_steps", "0",
+            "--data.eval_target_each_epoch", "false", "--trainer.default_root_dir", run_dir]
 
 
 def _strategy_reference(root: str, strategy: str, base_dir: str) -> str:

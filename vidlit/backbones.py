@@ -21,7 +21,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from vidlit.errors import MissingDependencyError, VidlitError
+from vidlit.errors import MissingDependencyError, VidlitError, unpickling_reason
 from vidlit.registry import Registry
 
 #: (mean, std) per channel for each normalisation preset, applied to frames scaled to [0, 1].
@@ -114,10 +114,9 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
         # weights files are untrusted input: never unpickle arbitrary objects (that can run code)
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise PretrainedWeightsError(
-            f"weights file '{path}' refused: it is not plain tensors and dicts, and unpickling it could run code "
-            f"(torch.load weights_only=True: {first[:160]}); convert it to a state dict with a trusted tool"
+            f"--model.pretrained: weights file '{path}' refused (torch.load weights_only=True): {unpickling_reason(err)}; "
+            "pass a plain state dict (convert the file with a tool you trust)"
         ) from None
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -22,7 +22,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from vidlit.backbones import BACKBONES
 from vidlit.callbacks import default_callbacks
 from vidlit.data.datamodule import DATAMODULES
-from vidlit.errors import VidlitError
+from vidlit.errors import VidlitError, unpickling_reason
 from vidlit.loggers import WandbOptions
 from vidlit.registry import UnknownNameError
 from vidlit.results import (
@@ -79,6 +79,18 @@ class VidlitCLI(LightningCLI):
             save_config_callback=RunConfigCallback,
             save_config_kwargs={"overwrite": True},
         )
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI reads the hyperparameters of a ``--ckpt_path`` file (with
+        ``weights_only=True``); a file that is not safe to load is a one-line error."""
+        import pickle
+
+        try:
+            super()._parse_ckpt_path()
+        except (pickle.UnpicklingError, EOFError, RuntimeError) as err:
+            path = self.config[self.config.subcommand].get("ckpt_path")
+            raise VidlitError(f"--ckpt_path: checkpoint '{path}' refused (torch.load weights_only=True): "
+                              f"{unpickling_reason(err)}; pass a checkpoint written by vidlit/Lightning") from None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--strategy", default=self.strategy_name, help=f"DG method: {', '.join(STRATEGIES.names())}")
@@ -194,8 +206,7 @@ def load_checkpoint(path: str) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise VidlitError(f"checkpoint '{path}' cannot be loaded safely (weights_only=True): {first}") from None
+        raise VidlitError(f"--ckpt_path: checkpoint '{path}' refused (torch.load weights_only=True): {unpickling_reason(err)}") from None
 
 
 def _resolve_ckpt_path(ckpt_path: Optional[str], trainer: Any) -> Optional[str]:

@@ -14,3 +14,16 @@ class VidlitError(ValueError):
 
 class MissingDependencyError(VidlitError, ImportError):
     """An optional package a setting needs is not installed (the message says what to install)."""
+
+
+def unpickling_reason(err: BaseException) -> str:
+    """One line on why ``torch.load(weights_only=True)`` refused a file (torch's message spans
+    many lines): the object it would have had to import, or the message's first line."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if m:
+        return f"it needs the global '{m.group(1)}', and unpickling arbitrary objects could run code"
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[0][:200] if lines else type(err).__name__
