@@ -90,3 +90,25 @@ def test_files_without_classes_is_one_line_error(tmp_path):
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()[-1]
     assert err.startswith("vidlit: error:") and "--data.run" in err and "Traceback" not in proc.stderr
+
+
+class _Payload:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_run_checkpoint_that_would_run_code_is_refused(tmp_path):
+    import torch
+
+    marker = tmp_path / "pwned"
+    evil = str(tmp_path / "evil.ckpt")
+    torch.save({"vidlit": {"class_names": _Payload(str(marker))}}, evil)
+    (tmp_path / "a.txt").write_text("a.mp4\n")
+    proc = _predict("--dataset", "files", "--data.root", str(tmp_path / "a.txt"), "--data.run", evil)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()[-1]
+    assert err.startswith("vidlit: error: --data.run") and "weights_only" in err and "Traceback" not in proc.stderr
+    assert not marker.exists()

@@ -57,3 +57,18 @@ def test_filters_are_narrow():
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", UserWarning)  # other category: kept
         warnings.warn("You have overridden `on_after_batch_transfer` in both `LightningModule` and `LightningDataModule`.")
     assert [str(w.message)[:30] for w in caught] == ["`isinstance(treespec, LeafSpec", "You have overridden `on_after_"]
+
+
+def test_model_summary_has_no_flops_on_a_terminal_or_in_a_file(monkeypatch, capsys):
+    import sys
+
+    from vidlit.tables import VidlitModelSummary
+
+    data = [(" ", ["0", "1"]), ("Name", ["backbone", "head"]), ("Type", ["Backbone", "Linear"]), ("Params", ["410 K", "965"]),
+            ("Mode", ["train", "train"]), ("FLOPs", ["0", "0"])]
+    for tty in (False, True):
+        monkeypatch.setattr(sys.stdout, "isatty", lambda tty=tty: tty, raising=False)
+        VidlitModelSummary.summarize(data, 411000, 411000, 1.645, {"train": 27, "eval": 0}, total_flops=0)
+        out = capsys.readouterr().out
+        assert "backbone" in out and "410 K" in out and "Trainable params" in out
+        assert "FLOPs" not in out and "Flops" not in out

@@ -146,11 +146,14 @@ def trained_run_info(path: str) -> dict:
             if res.get("class_names"):
                 return {"class_names": list(res["class_names"]), "source_domains": list(res.get("source_domains") or [])}
     if os.path.isfile(path) and not path.endswith(".json"):
-        try:
+        try:  # checkpoints are untrusted input: never unpickle arbitrary objects
             ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # noqa: BLE001 - an older checkpoint with pickled objects: it is the user's own file
-            ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        info = ckpt.get(RunInfoCallback.KEY) or {}
+        except Exception as err:  # noqa: BLE001 - torch raises several types for unsafe or broken files
+            from vidlit.errors import unpickling_reason
+
+            raise DataError(f"--data.run {path}: checkpoint refused (torch.load weights_only=True): {unpickling_reason(err)}; "
+                            "pass the classes with --data.classes '[...]'") from None
+        info = (ckpt.get(RunInfoCallback.KEY) or {}) if isinstance(ckpt, dict) else {}
         if info.get("class_names"):
             return {"class_names": list(info["class_names"]), "source_domains": list(info.get("source_domains") or [])}
     raise DataError(f"--data.run {path}: no results.json with class_names next to it; pass the classes with --data.classes '[...]'")
