@@ -18,14 +18,14 @@ import statistics
 import sys
 from typing import Any, Optional, Sequence
 
-#: strategy -> (argument, candidate values); ``None`` is the argument's own default
-GRID: dict[str, tuple[str, list[Any]]] = {
-    "dann": ("lambda_value", [0.3, 1.0, 3.0]),
-    "mixup": ("alpha", [0.1, 0.2, 0.4]),
-    "mldg": ("inner_lr", [None, 0.02, 0.1]),
-    "fish": ("inner_lr", [None, 0.02, 0.1]),
-    "coral": ("coral_weight", [0.1, 0.3, 1.0]),
-    "groupdro": ("eta", [0.01, 0.1]),
+#: strategy -> [(argument, candidate values)]; ``None`` is the argument's own default
+GRID: dict[str, list[tuple[str, list[Any]]]] = {
+    "dann": [("lambda_value", [0.3, 1.0, 3.0])],
+    "mixup": [("alpha", [0.1, 0.2, 0.4]), ("mix_prob", [0.25, 0.5])],
+    "mldg": [("inner_lr", [None, 0.02, 0.1])],
+    "fish": [("inner_lr", [None, 0.02, 0.1])],
+    "coral": [("coral_weight", [0.1, 0.3, 1.0])],
+    "groupdro": [("eta", [0.01, 0.1])],
 }
 
 
@@ -33,6 +33,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vidlit bench defaults_search", description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds per candidate (default: 0 1 2)")
     p.add_argument("--only", nargs="+", default=list(GRID), help=f"strategies to search (default: {' '.join(GRID)})")
+    p.add_argument("--arguments", nargs="+", help="search only these arguments (default: all of the strategies' entries)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     p.add_argument("--out", help="also write the table as JSON to this file")
     args = p.parse_args(argv)
@@ -54,8 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"{'strategy':10s} {'argument':14s} {'value':>8s} {'val acc':>8s} {'- erm':>7s}  per seed", flush=True)
     print(f"{'erm':10s} {'':14s} {'':>8s} {erm:8.3f} {0:+7.3f}  {' '.join(f'{a:.3f}' for a in erm_accs)}", flush=True)
     rows.append({"strategy": "erm", "val_acc": erm, "per_seed": erm_accs})
-    for name in args.only:
-        arg, values = GRID[name]
+    for name, arg, values in ((n, a, v) for n in args.only for a, v in GRID[n] if not args.arguments or a in args.arguments):
         for value in values:
             acc, accs = mean_acc(name, **({} if value is None else {arg: value}))
             shown = "default" if value is None else f"{value:g}"

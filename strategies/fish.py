@@ -26,6 +26,8 @@ class Fish(Strategy):
         **kwargs: the base :class:`~vidlit.strategy.Strategy` arguments.
     """
 
+    SEARCH_SPACE = {"inner_lr": "loguniform:1e-3:0.1"}
+
     def __init__(self, inner_lr: Optional[float] = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if inner_lr is not None and inner_lr <= 0:

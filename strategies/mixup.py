@@ -27,6 +27,8 @@ class Mixup(Strategy):
         mixstyle_stages: backbone stages followed by MixStyle (default: the 2nd and 3rd of
             ``stage_names``, i.e. after layer1 and layer2 of a ResNet).
         mix: MixStyle pairing, ``random`` or ``crossdomain``.
+        mix_prob: (``mixup`` mode) probability that a clip is mixed at all; the others keep
+            lam = 1 (their own clip and label), as timm's ``mixup_prob``.
         **kwargs: the base :class:`~vidlit.strategy.Strategy` arguments.
     """
 
@@ -39,12 +41,15 @@ class Mixup(Strategy):
         mixstyle_p: float = 0.5,
         mixstyle_stages: Optional[list[str]] = None,
         mix: Pairing = "random",
+        mix_prob: float = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if mode not in ("mixup", "mixstyle"):
             raise ValueError(f"--model.mode must be mixup or mixstyle, got '{mode}'")
         self.alpha = alpha if alpha is not None else (0.2 if mode == "mixup" else 0.1)
+        if not 0 <= mix_prob <= 1:
+            raise ValueError(f"--model.mix_prob must be in [0, 1], got {mix_prob}")
         if self.alpha <= 0:
             raise ValueError(f"--model.alpha must be > 0, got {self.alpha}")
         self.mixstyle = (
@@ -54,8 +59,10 @@ class Mixup(Strategy):
     def draw_mix(self, domain: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Per clip: lam (B,) and the index of its partner from another domain (B,)."""
         partner = cross_domain_partners(domain, generator)
-        lam = sample_beta(self.alpha, domain.shape[0], generator).to(domain.device)
-        return lam, partner
+        lam = sample_beta(self.alpha, domain.shape[0], generator)
+        if self.hparams.mix_prob < 1:
+            lam = torch.where(torch.rand(lam.shape, generator=generator) < self.hparams.mix_prob, lam, torch.ones_like(lam))
+        return lam.to(domain.device), partner
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         video, label, domain = batch["video"], batch["label"], batch["domain"]

@@ -69,6 +69,8 @@ class MLDG(Strategy):
     and with ``bf16-mixed`` (both orders). A batch holding a single domain falls back to plain CE.
     """
 
+    SEARCH_SPACE = {"beta": "loguniform:0.1:10", "inner_lr": "loguniform:1e-3:0.1"}  # beta: DomainBed's 10^U(-1, 1)
+
     def __init__(
         self,
         order: Literal["first", "second"] = "first",
