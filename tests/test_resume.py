@@ -144,27 +144,12 @@ def test_last_checkpoint_is_the_last_epoch_and_history_survives_testing_the_best
 import json  # noqa: E402
 import shutil  # noqa: E402
 
-from tests.helpers import TINY_FLAGS  # noqa: E402
+from tests.test_reproducible import STRATEGY_EPOCHS, strategy_args, strategy_reference  # noqa: E402
 from vidlit.callbacks import FAULT_ENV  # noqa: E402
 from vidlit.strategy import STRATEGIES  # noqa: E402
 
-KILL_EPOCHS = 3  # the kill is in epoch 1: two epochs train after the restart
-
-
-def _strategy_args(root: str, strategy: str, run_dir: str) -> list[str]:
-    return ["fit", "--strategy", strategy, "--data.root", root, *TINY_FLAGS, "--data.num_workers", "2",
-            "--trainer.max_epochs", str(KILL_EPOCHS), "--seed_everything", "3", "--trainer.num_sanity_val_steps", "0",
-            "--data.eval_target_each_epoch", "false", "--trainer.default_root_dir", run_dir]
-
-
-def _strategy_reference(root: str, strategy: str, base_dir: str) -> str:
-    """One uninterrupted run per strategy per session (shared by the tests below)."""
-    run_dir = os.path.join(base_dir, f"reference-{strategy}")
-    if not os.path.isfile(os.path.join(run_dir, "results.json")):
-        shutil.rmtree(run_dir, ignore_errors=True)
-        proc = run_vidlit(*_strategy_args(root, strategy, run_dir))
-        assert proc.returncode == 0, proc.stderr[-4000:]
-    return run_dir
+KILL_EPOCHS = STRATEGY_EPOCHS  # the kill is in epoch 1: two epochs train after the restart
+_strategy_args, _strategy_reference = strategy_args, strategy_reference
 
 
 def _killed_at(args: list[str], point: str) -> subprocess.CompletedProcess:

@@ -156,7 +156,8 @@ class VidlitCLI(LightningCLI):
             if _training_finished(state, self.trainer):
                 self.finished_checkpoint, self._finished_state = path, state
                 return
-        kwargs.setdefault("weights_only", True)  # checkpoints are untrusted input: no arbitrary unpickling
+        if kwargs.get("weights_only") is None:  # checkpoints are untrusted input: no arbitrary unpickling
+            kwargs["weights_only"] = True
         self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
 
     def after_fit(self) -> None:

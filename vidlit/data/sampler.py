@@ -15,6 +15,8 @@ from typing import Iterator, Sequence
 import numpy as np
 from torch.utils.data import Sampler
 
+from vidlit.data.records import DataError
+
 
 class _EpochHook:
     """Lightning calls ``set_epoch`` on ``dataloader.sampler`` and ``batch_sampler.sampler``, never
@@ -46,13 +48,13 @@ class DomainBalancedBatchSampler(Sampler[list[tuple[int, int]]]):
         self.domains = sorted(set(ids.tolist()))
         k = len(self.domains)
         if batch_size < k:
-            raise ValueError(f"{flag} {batch_size} is smaller than the number of {role} domains ({k}); each batch needs one clip per domain")
+            raise DataError(f"{flag} {batch_size} is smaller than the number of {role} domains ({k}); each batch needs one clip per domain")
         self.per_domain = [batch_size // k + (1 if i < batch_size % k else 0) for i in range(k)]
         self.members = [np.flatnonzero(ids == d) for d in self.domains]
         self.seed, self.rank, self.world_size, self.epoch, self.salt = seed, rank, world_size, 0, salt
         for d, m in zip(self.domains, self.members):
             if len(m) < world_size:
-                raise ValueError(f"{role} domain index {d} has {len(m)} training clips, fewer than {world_size} processes")
+                raise DataError(f"{role} domain index {d} has {len(m)} training clips, fewer than {world_size} processes")
         self.shard_len = [len(m) // world_size for m in self.members]
         self.sampler = _EpochHook(self)
         self.iter_epoch: int | None = None  # the epoch of the pass in progress (see EpochSeedCallback)
