@@ -27,6 +27,15 @@ GRID: dict[str, list[tuple[str, list[Any]]]] = {
     "coral": [("coral_weight", [0.1, 0.3, 1.0])],
     "groupdro": [("eta", [0.01, 0.1])],
 }
+#: whole configurations compared with the defaults: the first round's DANN optimisation, and it
+#: with only the betas changed (which of its three differences made it collapse)
+ABLATIONS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "dann": [
+        ("first-round", {"lambda_schedule": "constant", "betas": (0.9, 0.999), "disc_weight_decay": 0.05}),
+        ("first-round, betas 0.5/0.9", {"lambda_schedule": "constant", "disc_weight_decay": 0.05}),
+        ("defaults, constant lambda", {"lambda_schedule": "constant"}),
+    ],
+}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -34,6 +43,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds per candidate (default: 0 1 2)")
     p.add_argument("--only", nargs="+", default=list(GRID), help=f"strategies to search (default: {' '.join(GRID)})")
     p.add_argument("--arguments", nargs="+", help="search only these arguments (default: all of the strategies' entries)")
+    p.add_argument("--ablations", action="store_true", help="also train the whole configurations in ABLATIONS")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     p.add_argument("--out", help="also write the table as JSON to this file")
     args = p.parse_args(argv)
@@ -61,6 +71,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             shown = "default" if value is None else f"{value:g}"
             print(f"{name:10s} {arg:14s} {shown:>8s} {acc:8.3f} {acc - erm:+7.3f}  {' '.join(f'{a:.3f}' for a in accs)}", flush=True)
             rows.append({"strategy": name, "argument": arg, "value": value, "val_acc": acc, "per_seed": accs, "minus_erm": acc - erm})
+    for name in (n for n in args.only if args.ablations):
+        for label, kw in ABLATIONS.get(name, []):
+            acc, accs = mean_acc(name, **kw)
+            print(f"{name:10s} {label:>23s} {acc:8.3f} {acc - erm:+7.3f}  {' '.join(f'{a:.3f}' for a in accs)}", flush=True)
+            rows.append({"strategy": name, "ablation": label, "overrides": kw, "val_acc": acc, "per_seed": accs, "minus_erm": acc - erm})
     if args.out:
         with open(args.out, "w") as fh:
             json.dump({"seeds": args.seeds, "rows": rows}, fh, indent=2)
