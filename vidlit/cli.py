@@ -228,13 +228,12 @@ def _resolve_ckpt_path(ckpt_path: Optional[str], trainer: Any) -> Optional[str]:
 def _training_finished(state: dict, trainer: Any) -> bool:
     """Whether the checkpoint was saved once training had reached the trainer's limits."""
     fit = state.get("loops", {}).get("fit_loop", {})
-    processed = fit.get("epoch_progress", {}).get("current", {}).get("processed")
-    last_batch = fit.get("epoch_loop.batch_progress", {}).get("is_last_batch", False)
+    processed = fit.get("epoch_progress", {}).get("current", {}).get("processed")  # epochs fully trained
     step = int(state.get("global_step", 0))
     if trainer.max_steps is not None and trainer.max_steps > 0 and step >= trainer.max_steps:
         return True
     max_epochs = trainer.max_epochs
-    return processed is not None and max_epochs is not None and max_epochs >= 0 and processed >= max_epochs and last_batch
+    return processed is not None and max_epochs is not None and max_epochs >= 0 and processed >= max_epochs
 
 
 def _callback_state(state: dict, name: str) -> Optional[dict]:
