@@ -16,7 +16,7 @@ import warnings
 from typing import Any, Optional
 
 import yaml
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from vidlit.backbones import BACKBONES
@@ -125,6 +125,9 @@ class VidlitCLI(LightningCLI):
             cfg.trainer.precision = "bf16-mixed"  # the GPU default needs no flag
         if cfg.trainer.accelerator in (None, "auto") and not _cuda_available():
             cfg.trainer.accelerator = "cpu"
+        from vidlit.predictions import fill_run_from_ckpt
+
+        fill_run_from_ckpt(cfg)  # predict --dataset files --ckpt_path X: class names from X's run
 
     def instantiate_trainer(self, **kwargs: Any):
         cfg = self.config[self.subcommand]
@@ -135,7 +138,9 @@ class VidlitCLI(LightningCLI):
         callbacks = self._get(self.config_init, "trainer", default={}).get("callbacks") or []  # instantiated ones
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         if cfg.trainer.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
-            kwargs["callbacks"] = callbacks + [RichProgressBar()]
+            from vidlit.progress import progress_bar
+
+            kwargs["callbacks"] = callbacks + [progress_bar()]  # Rich on a terminal, plain lines in a log
         trainer = super().instantiate_trainer(**kwargs)
         if not trainer.loggers:  # --trainer.logger false: LearningRateMonitor would refuse to start
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]

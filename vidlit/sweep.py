@@ -285,8 +285,7 @@ def plan(args: argparse.Namespace, passthrough: list[str], targets: list[str]) -
 def fit_command(run: Run, passthrough: list[str], sweep_name: str) -> list[str]:
     cmd = [sys.executable, "-m", "vidlit", "fit", "--strategy", run.strategy, "--dataset", run.dataset, *passthrough]
     given = {a.split("=", 1)[0] for a in passthrough if a.startswith("--")}
-    if "--trainer.enable_progress_bar" not in given:
-        cmd += ["--trainer.enable_progress_bar", "false"]
+    # progress stays on: a run's stdout is its sweep.log, where it prints one plain line per epoch
     if "--wandb.group" not in given:
         cmd += ["--wandb.group", sweep_name]
     if "--wandb.name" not in given:
@@ -402,8 +401,7 @@ def wandb_sweep_config(args: argparse.Namespace, passthrough: list[str], targets
             params[p.name] = p.wandb()
         config["method"] = "random"  # W&B grids cannot hold distributions: sample everything instead
         config["run_cap"] = len(args.strategies) * len(targets) * len(args.seeds) * args.n_hparams
-    given = {a.split("=", 1)[0] for a in passthrough if a.startswith("--")}
-    fixed = [] if "--trainer.enable_progress_bar" in given else ["--trainer.enable_progress_bar", "false"]
+    fixed: list[str] = []  # an agent's output is a log: the progress bar prints plain lines there
     config.update({
         "metric": {"name": "test_acc", "goal": "maximize"},
         "parameters": params,
