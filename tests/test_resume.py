@@ -152,10 +152,21 @@ KILL_EPOCHS = STRATEGY_EPOCHS  # the kill is in epoch 1: two epochs train after 
 _strategy_args, _strategy_reference = strategy_args, strategy_reference
 
 
-def _killed_at(args: list[str], point: str) -> subprocess.CompletedProcess:
-    proc = run_vidlit(*args, env={FAULT_ENV: point})
-    assert proc.returncode == -signal.SIGKILL, f"not killed at {point} (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
-    return proc
+def _killed_at(args: list[str], point: str, timeout: float = 600) -> str:
+    """Run ``python -m vidlit ARGS`` until it kills itself (SIGKILL) at ``point``; returns its output.
+    Its DataLoader workers must die with it: none may be left holding the output pipe."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{FAULT_ENV: point})
+    proc = subprocess.Popen([sys.executable, "-m", "vidlit", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)  # returns once every holder of the pipe is gone
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # nothing should be left; never leave a stray process behind
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == -signal.SIGKILL, f"not killed at {point} (exit {proc.returncode}):\n{out[-3000:]}"
+    return out
 
 
 def _same_run(run_dir: str, reference_dir: str) -> None:

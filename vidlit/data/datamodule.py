@@ -314,7 +314,7 @@ class MultiDomainDataModule(pl.LightningDataModule):
         workers = self.num_workers
         return DataLoader(
             dataset, num_workers=workers, persistent_workers=workers > 0, pin_memory=self._pin(),
-            prefetch_factor=4 if workers > 0 else None, **kw,
+            prefetch_factor=4 if workers > 0 else None, worker_init_fn=die_with_parent if workers > 0 else None, **kw,
         )
 
     def _pin(self) -> bool:
@@ -352,6 +352,27 @@ class MultiDomainDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_view_set, batch_size=self._test_batch_size())
+
+
+def die_with_parent(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: on Linux, a worker gets SIGKILL when the training process
+    dies, even by ``kill -9``. Otherwise an orphaned worker can linger, holding the terminal or
+    the caller's pipes open (a ``subprocess.run`` waiting for the output then never returns)."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        if os.getppid() == 1:  # the parent died before the call: follow it now
+            os.kill(os.getpid(), signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
 
 
 def parse_views(value: Union[str, int, tuple]) -> tuple[int, int]:
