@@ -16,12 +16,13 @@ from torch import nn
 
 from vidlit.losses import Schedule, grad_reverse, grl_lambda
 from vidlit.strategy import Strategy, register_strategy
+from vidlit.errors import VidlitError
 
 
 def build_mlp(in_dim: int, width: int, depth: int, out_dim: int, dropout: float = 0.0, batchnorm: bool = False) -> nn.Sequential:
     """``depth`` Linear layers (``depth - 1`` hidden layers of ``width`` with ReLU); (N, in) -> (N, out)."""
     if depth < 1:
-        raise ValueError(f"--model.disc_depth must be >= 1, got {depth}")
+        raise VidlitError(f"--model.disc_depth must be >= 1, got {depth}")
     layers: list[nn.Module] = []
     dim = in_dim
     for _ in range(depth - 1):
@@ -101,7 +102,7 @@ class DANN(Strategy):
         super().__init__(betas=betas, **kwargs)
         grl_lambda(lambda_schedule, 0, 1)  # fail early on an unknown schedule
         if self.hparams.num_domains < 1:
-            raise ValueError("dann needs num_domains >= 1 (set from the data)")
+            raise VidlitError("dann needs num_domains >= 1 (set from the data)")
         dim = self.backbone.out_dim
         self.class_embed = nn.Embedding(self.hparams.num_classes, dim) if conditional else None
         self.discriminator = self._build_discriminator(bool(target_domain_class))
@@ -145,7 +146,7 @@ class DANN(Strategy):
         if stored is None or stored.shape[0] == self.disc_classes:
             return
         if self._trainer is not None and self.trainer.state.fn == "fit":
-            raise ValueError("resuming a dann run needs the same --data.unlabeled_target setting it was trained with")
+            raise VidlitError("resuming a dann run needs the same --data.unlabeled_target setting it was trained with")
         self.discriminator = self._build_discriminator(stored.shape[0] > self.hparams.num_domains)
         self.hparams.target_domain_class = stored.shape[0] > self.hparams.num_domains
 
@@ -175,7 +176,7 @@ class DANN(Strategy):
         target = batch.get("target_video")
         b = video.shape[0]
         if target is not None and self.disc_classes == self.hparams.num_domains:
-            raise ValueError("the batch holds target_video but dann was built without a target-domain class (--data.unlabeled_target true, or --model.target_domain_class true)")
+            raise VidlitError("the batch holds target_video but dann was built without a target-domain class (--data.unlabeled_target true, or --model.target_domain_class true)")
         feats = self.features(video if target is None else torch.cat([video, target]))
         logits = self.head(feats)
         cls_loss = F.cross_entropy(logits[:b], label, label_smoothing=self.hparams.label_smoothing)

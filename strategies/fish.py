@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from vidlit.losses import functional_forward, inject_grad
 from vidlit.strategy import Strategy, register_strategy
+from vidlit.errors import VidlitError
 
 
 @register_strategy("fish")
@@ -31,7 +32,7 @@ class Fish(Strategy):
     def __init__(self, inner_lr: Optional[float] = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if inner_lr is not None and inner_lr <= 0:
-            raise ValueError(f"--model.inner_lr must be > 0, got {inner_lr}")
+            raise VidlitError(f"--model.inner_lr must be > 0, got {inner_lr}")
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         video, label, domain = batch["video"], batch["label"], batch["domain"]

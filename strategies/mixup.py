@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from vidlit.losses import cross_domain_partners, sample_beta
 from vidlit.mixstyle import MixStyleHooks, Pairing
 from vidlit.strategy import Strategy, register_strategy
+from vidlit.errors import VidlitError
 
 
 @register_strategy("mixup")
@@ -46,12 +47,12 @@ class Mixup(Strategy):
     ) -> None:
         super().__init__(**kwargs)
         if mode not in ("mixup", "mixstyle"):
-            raise ValueError(f"--model.mode must be mixup or mixstyle, got '{mode}'")
+            raise VidlitError(f"--model.mode must be mixup or mixstyle, got '{mode}'")
         self.alpha = alpha if alpha is not None else (0.2 if mode == "mixup" else 0.1)
         if not 0 <= mix_prob <= 1:
-            raise ValueError(f"--model.mix_prob must be in [0, 1], got {mix_prob}")
+            raise VidlitError(f"--model.mix_prob must be in [0, 1], got {mix_prob}")
         if self.alpha <= 0:
-            raise ValueError(f"--model.alpha must be > 0, got {self.alpha}")
+            raise VidlitError(f"--model.alpha must be > 0, got {self.alpha}")
         self.mixstyle = (
             MixStyleHooks(self.backbone, mixstyle_stages, mixstyle_p, self.alpha, mix) if mode == "mixstyle" else None
         )

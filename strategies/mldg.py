@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from vidlit.losses import functional_forward, inject_grad
 from vidlit.strategy import Strategy, register_strategy
+from vidlit.errors import VidlitError
 
 Params = dict[str, torch.Tensor]
 
@@ -81,11 +82,11 @@ class MLDG(Strategy):
     ) -> None:
         super().__init__(**kwargs)
         if order not in ("first", "second"):
-            raise ValueError(f"--model.order must be first or second, got '{order}'")
+            raise VidlitError(f"--model.order must be first or second, got '{order}'")
         if n_meta_test < 1:
-            raise ValueError(f"--model.n_meta_test must be >= 1, got {n_meta_test}")
+            raise VidlitError(f"--model.n_meta_test must be >= 1, got {n_meta_test}")
         if self.hparams.num_domains < 2:
-            raise ValueError("mldg needs at least 2 source domains (meta-train and meta-test)")
+            raise VidlitError("mldg needs at least 2 source domains (meta-train and meta-test)")
 
     def split_domains(self, domain: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """(B,) bool mask of the meta-test clips: ``n_meta_test`` random domains present in the batch."""

@@ -12,6 +12,7 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 from torch.func import functional_call
+from vidlit.errors import VidlitError
 
 Schedule = Literal["constant", "ganin", "warmstart"]
 
@@ -61,7 +62,7 @@ def grl_lambda(
     if schedule == "warmstart":
         span = value - lo
         return float(2.0 * span / (1.0 + math.exp(-alpha * step / max(1, max_iters))) - span + lo)
-    raise ValueError(f"--model.lambda_schedule must be constant, ganin or warmstart, got '{schedule}'")
+    raise VidlitError(f"--model.lambda_schedule must be constant, ganin or warmstart, got '{schedule}'")
 
 
 # --------------------------------------------------------------------------- CORAL

@@ -27,6 +27,7 @@ from torch import nn
 
 from vidlit.backbones import Backbone
 from vidlit.losses import cross_domain_partners, random_partners, sample_beta
+from vidlit.errors import VidlitError
 
 Pairing = Literal["random", "crossdomain"]
 
@@ -64,9 +65,9 @@ class MixStyleHooks:
         names = list(stages) if stages else backbone.stage_names[1:3]
         unknown = [n for n in names if n not in backbone.stage_names]
         if unknown or not names:
-            raise ValueError(f"--model.mixstyle_stages {names}: choose among the backbone's stages {backbone.stage_names}")
+            raise VidlitError(f"--model.mixstyle_stages {names}: choose among the backbone's stages {backbone.stage_names}")
         if pairing not in ("random", "crossdomain"):
-            raise ValueError(f"--model.mix must be random or crossdomain, got '{pairing}'")
+            raise VidlitError(f"--model.mix must be random or crossdomain, got '{pairing}'")
         self.stages, self.p, self.alpha, self.pairing, self.eps = names, float(p), float(alpha), pairing, eps
         self._generator: Optional[torch.Generator] = None
         self._domain: Optional[torch.Tensor] = None

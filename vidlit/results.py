@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
+from vidlit.errors import VidlitError
 
 RESULTS_FILE = "results.json"
 
@@ -48,7 +49,7 @@ class AtomicModelCheckpoint(ModelCheckpoint):
     def __init__(self, tie_break_monitor: Optional[str] = "val/loss", tie_break_mode: str = "min", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if tie_break_mode not in ("min", "max"):
-            raise ValueError(f"--checkpoint.tie_break_mode must be min or max, got '{tie_break_mode}'")
+            raise VidlitError(f"--checkpoint.tie_break_mode must be min or max, got '{tie_break_mode}'")
         self.tie_break_monitor, self.tie_break_mode = tie_break_monitor, tie_break_mode
         self.tie_scores: dict[str, float] = {}  # checkpoint path -> its tie-break value
         self._pending_tie: Optional[float] = None

@@ -26,6 +26,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from vidlit.backbones import BACKBONES, NORM_PRESETS, build_backbone
 from vidlit.metrics import PerDomainAccuracy
 from vidlit.registry import Registry
+from vidlit.errors import VidlitError
 
 STRATEGIES: Registry[type] = Registry("strategy", "--strategy")
 STRATEGIES.scan("strategies")
@@ -117,7 +118,7 @@ class Strategy(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2 (got {num_classes}); it is normally set from the data")
+            raise VidlitError(f"num_classes must be >= 2 (got {num_classes}); it is normally set from the data")
         spec = BACKBONES.get(backbone)
         self.backbone = build_backbone(backbone, pretrained)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.backbone.out_dim, num_classes))
@@ -142,10 +143,10 @@ class Strategy(pl.LightningModule):
         elif (m := re.fullmatch(r"all_but_(\d+)", policy)) is not None:
             n = int(m.group(1))
             if n > len(stages):
-                raise ValueError(f"--model.freeze {policy}: backbone has only {len(stages)} stages ({', '.join(self.backbone.stage_names)})")
+                raise VidlitError(f"--model.freeze {policy}: backbone has only {len(stages)} stages ({', '.join(self.backbone.stage_names)})")
             keep = stages[len(stages) - n :]
         else:
-            raise ValueError(f"--model.freeze must be none, backbone or all_but_N (N stages trained), got '{policy}'")
+            raise VidlitError(f"--model.freeze must be none, backbone or all_but_N (N stages trained), got '{policy}'")
         trainable = {id(p) for s in keep for p in s.parameters()}
         for p in self.backbone.parameters():
             p.requires_grad_(id(p) in trainable)
