@@ -32,7 +32,8 @@ def test_every_backbone_builds_and_runs(name):
     spec = BACKBONES.get(name)
     bb = build_backbone(name)
     size = 224 if name == "mvit_v2_s" else 64
-    frames = spec.num_frames if name in ("mvit_v2_s", "slowfast_r50", "s3d") else 4
+    # the fewest frames the weights accept (torchvision's min_temporal_size; SlowFast: its alpha x 8)
+    frames = spec.num_frames if name == "slowfast_r50" else max(4, spec.weights.min_frames)
     with torch.no_grad():
         y = bb.eval()(torch.randn(1, 3, frames, size, size))
     assert y.shape == (1, bb.out_dim)
@@ -66,6 +67,7 @@ def test_unknown_backbone_lists_valid_names():
 
 def test_default_pretrained_missing_fails_fast_with_path(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setenv("VIDLIT_OFFLINE", "1")  # online it would download (see tests/test_pretrained.py)
     with pytest.raises(PretrainedWeightsError) as err:
         build_backbone("r3d_18", pretrained="default")
     assert str(tmp_path) in str(err.value) and "r3d_18" in str(err.value)

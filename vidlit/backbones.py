@@ -21,8 +21,12 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from vidlit.errors import MissingDependencyError, VidlitError, unpickling_reason
+from vidlit.errors import MissingDependencyError
 from vidlit.registry import Registry
+from vidlit.weights import (  # noqa: F401 - re-exported: the loading API lives in vidlit.weights
+    INFLATED, PretrainedWeightsError, WeightsInfo, WeightsNotCachedError, hub_checkpoint_path, is_vidlit_checkpoint,
+    load_checkpoint_backbone, load_weights, read_file, resolve, torchvision_info,
+)
 
 #: (mean, std) per channel for each normalisation preset, applied to frames scaled to [0, 1].
 NORM_PRESETS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
@@ -33,8 +37,14 @@ NORM_PRESETS: dict[str, tuple[tuple[float, float, float], tuple[float, float, fl
 }
 
 
-class PretrainedWeightsError(VidlitError, RuntimeError):
-    """Pretrained weights were asked for but are not on disk (we never download)."""
+
+def norm_preset(mean: Sequence[float], std: Sequence[float], name: str) -> str:
+    """The name of the preset with this mean/std (a new preset ``name`` when none matches)."""
+    for key, (m, sd) in NORM_PRESETS.items():
+        if all(abs(a - b) < 1e-6 for a, b in zip((*m, *sd), (*mean, *std))):
+            return key
+    NORM_PRESETS[name] = (tuple(mean), tuple(std))  # type: ignore[assignment]
+    return name
 
 
 @dataclass(frozen=True)
@@ -47,18 +57,21 @@ class BackboneSpec:
     size: int  # preferred square input size in pixels
     num_frames: int  # preferred frames per clip
     family: str
+    #: the published weights (``--model.pretrained default``) and their metadata; None: there are none
+    weights: Optional[WeightsInfo] = None
 
 
 BACKBONES: Registry[BackboneSpec] = Registry("backbone", "--backbone")
 
 
 def register_backbone(
-    name: str, *, norm: str, size: int, num_frames: int, family: str = "custom"
+    name: str, *, norm: str, size: int, num_frames: int, family: str = "custom", weights: Optional[WeightsInfo] = None
 ) -> Callable[[Callable[..., "Backbone"]], Callable[..., "Backbone"]]:
-    """Decorator: register ``fn(pretrained=None) -> Backbone`` under ``name``."""
+    """Decorator: register ``fn(pretrained=None) -> Backbone`` under ``name``; ``weights``
+    describes its published weights (None: it has none, ``pretrained default`` is an error)."""
 
     def deco(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
-        BACKBONES.register(name)(BackboneSpec(name.lower(), fn, norm, size, num_frames, family))
+        BACKBONES.register(name)(BackboneSpec(name.lower(), fn, norm, size, num_frames, family, weights))
         return fn
 
     return deco
@@ -84,85 +97,40 @@ class Backbone(nn.Module):
         """Top-level stages in input-to-output order."""
         return [self.net.get_submodule(n) for n in self.stage_names]
 
+    def set_input_norm(self, given: tuple, wanted: tuple) -> None:
+        """Inputs arrive normalised with ``given`` (mean, std) (the registry's preset, which the
+        strategy applies) but these weights expect ``wanted`` (e.g. ImageNet's, for inflated
+        ImageNet weights): convert exactly, per channel, ``x * scale + shift``. Stored as the
+        buffer ``renorm`` (so a checkpoint carries it; absent when nothing is converted)."""
+        (mg, sg), (mw, sw) = given, wanted
+        scale = torch.tensor(sg) / torch.tensor(sw)
+        shift = (torch.tensor(mg) - torch.tensor(mw)) / torch.tensor(sw)
+        if torch.allclose(scale, torch.ones(3)) and torch.allclose(shift, torch.zeros(3)):
+            return
+        self.register_buffer("renorm", torch.stack([scale, shift]).view(2, 1, 3, 1, 1, 1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        renorm = getattr(self, "renorm", None)
+        if renorm is not None:
+            x = x * renorm[0].to(x.dtype) + renorm[1].to(x.dtype)
         out = self._forward_fn(self.net, x) if self._forward_fn else self.net(x)
         return out.flatten(1)
 
 
 def build_backbone(name: str, pretrained: Optional[str] = None) -> Backbone:
-    """Build a registered backbone; ``pretrained`` is None, a local file, or ``"default"``
-    (the library's own pretrained weights, taken from the local torch hub cache only)."""
+    """Build a registered backbone. ``pretrained``: None (random init), ``default`` (the published
+    weights: torch hub cache, downloaded once unless ``VIDLIT_OFFLINE=1``), ``imagenet_inflated``
+    (r3d_18/mc3_18), a URL, a weights file, or a vidlit checkpoint (its backbone, strictly).
+    See :mod:`vidlit.weights`."""
     spec = BACKBONES.get(name)
-    if pretrained is not None and str(pretrained).lower() not in ("default", "true"):
-        if not os.path.isfile(str(pretrained)):
-            raise PretrainedWeightsError(
-                f"--model.pretrained: file '{pretrained}' does not exist; pass an existing .pth/.pt/.ckpt file or 'default'"
-            )
-    return spec.builder(pretrained=pretrained)
-
-
-# --------------------------------------------------------------------------- weight loading
-def hub_checkpoint_path(url: str) -> str:
-    """Where torch.hub would have cached ``url``."""
-    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url.split("?")[0]))
-
-
-def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    import pickle
-
-    try:
-        # weights files are untrusted input: never unpickle arbitrary objects (that can run code)
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise PretrainedWeightsError(
-            f"--model.pretrained: weights file '{path}' refused (torch.load weights_only=True): {unpickling_reason(err)}; "
-            "pass a plain state dict (convert the file with a tool you trust)"
-        ) from None
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PretrainedWeightsError(f"could not read weights file '{path}': {first}") from None
-    if isinstance(obj, dict) and "state_dict" in obj:  # Lightning checkpoint (ours: 'backbone.net.')
-        obj = {k.split("backbone.net.", 1)[1]: v for k, v in obj["state_dict"].items() if "backbone.net." in k}
-    elif isinstance(obj, dict) and "model_state" in obj:  # pytorchvideo .pyth files
-        obj = obj["model_state"]
-    if not isinstance(obj, dict) or not obj:
-        raise PretrainedWeightsError(f"weights file '{path}' holds no state dict")
-    return obj
-
-
-def load_weights(
-    net: nn.Module, name: str, pretrained: Optional[str], url: Optional[str], head_prefixes: Sequence[str]
-) -> None:
-    """Load ``pretrained`` into ``net`` (before its head is stripped).
-
-    ``pretrained='default'`` reads ``url``'s file from the torch hub cache; a missing file is an
-    immediate error naming the path to put it at. Keys of the classification head may be missing or
-    mismatched (a new head is trained); any other missing key is an error.
-    """
-    if pretrained is None:
-        return
-    if str(pretrained).lower() in ("default", "true"):
-        if url is None:
-            raise PretrainedWeightsError(f"backbone '{name}' has no default pretrained weights; pass a file")
-        path = hub_checkpoint_path(url)
-        if not os.path.isfile(path):
-            raise PretrainedWeightsError(
-                f"pretrained weights for '{name}' are not in the local cache: missing file {path} "
-                f"(copy {os.path.basename(path)} from {url} there, or pass --model.pretrained /path/to/file)"
-            )
-    else:
-        path = str(pretrained)
-    state = _read_state_dict(path)
-    own = net.state_dict()
-    is_head = lambda k: any(k.startswith(p) for p in head_prefixes)  # noqa: E731
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    missing = [k for k in own if k not in usable and not is_head(k) and not k.endswith("num_batches_tracked")]
-    if missing:
-        raise PretrainedWeightsError(
-            f"weights file '{path}' does not fit backbone '{name}': {len(missing)} missing or mismatched "
-            f"tensors (first: {missing[0]})"
-        )
-    net.load_state_dict(usable, strict=False)
+    if pretrained is None or str(pretrained).lower() in ("default", "true", INFLATED):
+        return spec.builder(pretrained=pretrained)
+    path = resolve(pretrained, spec.name, spec.weights.url if spec.weights else None)
+    if is_vidlit_checkpoint(read_file(path)):  # fine-tuning from a vidlit run: same layout, strict
+        bb = spec.builder(pretrained=None)
+        load_checkpoint_backbone(bb, spec.name, path)
+        return bb
+    return spec.builder(pretrained=path)
 
 
 # --------------------------------------------------------------------------- tiny 3D CNN (CPU demo)
@@ -172,7 +140,7 @@ def _conv_bn(cin: int, cout: int, k: tuple[int, int, int], s: tuple[int, int, in
     )
 
 
-@register_backbone("tiny3d", norm="simple", size=64, num_frames=8, family="vidlit")
+@register_backbone("tiny3d", norm="simple", size=64, num_frames=8, family="vidlit", weights=None)  # no published weights
 def tiny3d(pretrained: Optional[str] = None, width: int = 24) -> Backbone:
     """A 4-stage 3D CNN (~0.4 M parameters) for the CPU demo and tests; D = 8 * width."""
     w = width
@@ -200,8 +168,17 @@ def _torchvision_video(name: str, pretrained: Optional[str]) -> Backbone:
 
     net = get_model(name, weights=None)
     url = get_model_weights(name).DEFAULT.url
+    inflated = str(pretrained).lower() == INFLATED
+    if inflated and name not in ("r3d_18", "mc3_18"):
+        raise PretrainedWeightsError(
+            f"--model.pretrained {INFLATED}: only r3d_18 and mc3_18 start from inflated ImageNet weights, not '{name}'; "
+            "use 'default' (its Kinetics weights)"
+        )
     if name in ("r3d_18", "mc3_18", "r2plus1d_18"):
-        load_weights(net, name, pretrained, url, ("fc.",))
+        if inflated:
+            _load_inflated(net, name)
+        else:
+            load_weights(net, name, pretrained, url, ("fc.",))
         dim, net.fc = net.fc.in_features, nn.Identity()
         stages = ["stem", "layer1", "layer2", "layer3", "layer4"]
     elif name == "s3d":
@@ -219,18 +196,35 @@ def _torchvision_video(name: str, pretrained: Optional[str]) -> Backbone:
         stages = ["patch_embed"] + [f"features.{i}" for i in range(len(net.features))] + ["norm"]
     else:  # pragma: no cover - guarded by the registrations below
         raise KeyError(name)
-    return Backbone(net, dim, stages)
+    bb = Backbone(net, dim, stages)
+    if inflated:  # the data arrive with this backbone's Kinetics preset; ImageNet kernels want ImageNet's
+        imagenet = torchvision_info("resnet18")
+        bb.set_input_norm(NORM_PRESETS[BACKBONES.get(name).norm], (imagenet.mean, imagenet.std))
+    return bb
+
+
+def _load_inflated(net: nn.Module, name: str) -> None:
+    """torchvision's ImageNet ResNet-18 (cache or download), inflated into ``net`` (I3D)."""
+    from vidlit.inflate import inflate_state_dict
+    from vidlit.weights import read_state_dict
+
+    info = torchvision_info("resnet18")
+    path = resolve("default", "resnet18 (ImageNet, for imagenet_inflated)", info.url)
+    try:
+        state = inflate_state_dict(net, read_state_dict(path))
+    except KeyError as err:
+        raise PretrainedWeightsError(f"weights file '{path}' cannot be inflated into '{name}': {err.args[0]}") from None
+    net.load_state_dict(state, strict=False)
 
 
 def _s3d_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return net.features(x).mean(dim=(2, 3, 4))
 
 
-for _name, _size, _frames in [
-    ("r3d_18", 112, 16), ("mc3_18", 112, 16), ("r2plus1d_18", 112, 16),
-    ("s3d", 224, 16), ("mvit_v2_s", 224, 16), ("swin3d_t", 224, 16),
-]:  # fmt: skip
-    _norm = "kinetics" if _name in ("r3d_18", "mc3_18", "r2plus1d_18") else "imagenet"
+# preset, crop size and clip length from each weights enum's own metadata (its transforms, `clip_len`)
+for _name in ("r3d_18", "mc3_18", "r2plus1d_18", "s3d", "mvit_v2_s", "swin3d_t"):
+    _info = torchvision_info(_name)
+    _norm = norm_preset(_info.mean, _info.std, _name)
 
     def _builder(pretrained: Optional[str] = None, _n: str = _name) -> Backbone:
         bb = _torchvision_video(_n, pretrained)
@@ -238,7 +232,7 @@ for _name, _size, _frames in [
             bb._forward_fn = _s3d_forward
         return bb
 
-    register_backbone(_name, norm=_norm, size=_size, num_frames=_frames, family="torchvision")(_builder)
+    register_backbone(_name, norm=_norm, size=_info.size, num_frames=_info.num_frames, family="torchvision", weights=_info)(_builder)
 
 
 # --------------------------------------------------------------------------- pytorchvideo builders
@@ -275,13 +269,11 @@ def _ptv_backbone(name: str, pretrained: Optional[str], crop: int, frames: int) 
     if name.startswith("x3d"):
         depth = {"x3d_xs": "XS", "x3d_s": "S", "x3d_m": "M"}[name]
         net = ptv.x3d.create_x3d(input_clip_length=frames, input_crop_size=crop, depth_factor=2.2)
-        url = _PTV_URL.format(f"X3D_{depth}")
     elif name == "slow_r50":
         net = ptv.resnet.create_resnet(model_depth=50, model_num_class=400)
-        url = _PTV_URL.format("SLOW_8x8_R50")
     else:  # slowfast_r50
         net = ptv.slowfast.create_slowfast(model_depth=50, model_num_class=400)
-        url = _PTV_URL.format("SLOWFAST_8x8_R50")
+    url = _PTV_URL.format(PTV_WEIGHTS[name][0])
     load_weights(net, name, pretrained, url, ("blocks.%d.proj" % (len(net.blocks) - 1),))
     dim = _strip_ptv_head(net)
     for block in net.blocks[-2:]:  # make the head's fixed-size pools global so any T, H, W works
@@ -299,12 +291,22 @@ def _slowfast_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return net([slow, x])
 
 
-for _name, _size, _frames in [("x3d_xs", 160, 4), ("x3d_s", 160, 13), ("x3d_m", 224, 16), ("slow_r50", 224, 8), ("slowfast_r50", 224, 32)]:
+#: pytorchvideo's model zoo (Kinetics-400): file, training crop (the crop its hub builders are made
+#: for), frames per clip ("frame length x sample rate"; SlowFast: its fast pathway, alpha = 4); every
+#: model card normalises with mean 0.45, std 0.225
+PTV_WEIGHTS = {
+    "x3d_xs": ("X3D_XS", 160, 4), "x3d_s": ("X3D_S", 160, 13), "x3d_m": ("X3D_M", 224, 16),
+    "slow_r50": ("SLOW_8x8_R50", 224, 8), "slowfast_r50": ("SLOWFAST_8x8_R50", 224, 32),
+}  # fmt: skip
+
+for _name, (_file, _size, _frames) in PTV_WEIGHTS.items():
+    _info = WeightsInfo(_PTV_URL.format(_file), (0.45,) * 3, (0.225,) * 3, _size, _frames, f"pytorchvideo model zoo {_file}")
 
     def _ptv_builder(pretrained: Optional[str] = None, _n: str = _name, _s: int = _size, _f: int = _frames) -> Backbone:
         return _ptv_backbone(_n, pretrained, _s, _f)
 
-    register_backbone(_name, norm="pytorchvideo", size=_size, num_frames=_frames, family="pytorchvideo")(_ptv_builder)
+    _norm = norm_preset(_info.mean, _info.std, _name)
+    register_backbone(_name, norm=_norm, size=_size, num_frames=_frames, family="pytorchvideo", weights=_info)(_ptv_builder)
 
 
 # --------------------------------------------------------------------------- image backbones on video
@@ -359,4 +361,7 @@ for _arch in ("resnet18", "resnet50"):
         def _img_builder(pretrained: Optional[str] = None, _a: str = _arch, _k: str = _kind) -> Backbone:
             return _image_resnet(f"{_k}_{_a}", _a, pretrained, shift=_k == "tsm")
 
-        register_backbone(f"{_kind}_{_arch}", norm="imagenet", size=112, num_frames=8, family="image")(_img_builder)
+        # ImageNet weights: preset and crop from torchvision's enum; frames: TSM's 8 segments (2D weights have none)
+        _info = torchvision_info(_arch)
+        _norm = norm_preset(_info.mean, _info.std, _arch)
+        register_backbone(f"{_kind}_{_arch}", norm=_norm, size=_info.size, num_frames=8, family="image", weights=_info)(_img_builder)
