@@ -58,6 +58,70 @@ class RunConfigCallback(SaveConfigCallback):
             self.config = original
 
 
+COMMANDS = (
+    ("fit", "train a strategy on the source domains, test the best checkpoint on the held-out ones (results.json)"),
+    ("validate", "evaluate a checkpoint on the source validation split and held-out domains (--ckpt_path CKPT)"),
+    ("test", "evaluate a checkpoint on the held-out domains (--ckpt_path CKPT)"),
+    ("predict", "write predictions.csv for a checkpoint on videos (--ckpt_path CKPT)"),
+    ("list", "list the strategies, backbones and dataset formats"),
+    ("sweep", "run a grid of strategies x held-out domains x seeds (and hyperparameter draws)"),
+    ("report", "tables of the results.json files under a folder (DomainBed style)"),
+    ("bench", "measure data loading and training speed"),
+)
+
+
+def command_list() -> str:
+    """What ``python -m vidlit --help`` (and ``-h``, and no arguments) prints."""
+    lines = ["usage: python -m vidlit COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:9s} {text}" for name, text in COMMANDS]
+    lines += ["", "python -m vidlit COMMAND --help lists the options of COMMAND "
+              "(fit --strategy NAME --help: with that strategy's options)."]
+    return "\n".join(lines)
+
+
+class VidlitArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser with one-line errors: an unknown flag names the closest real ones and
+    the command that lists them all, instead of 100 lines of usage. Flags are never matched by
+    prefix (``allow_abbrev=False``, inherited by the subcommand parsers)."""
+
+    def error(self, message: str, ex: Optional[Exception] = None):
+        if not self.exit_on_error:
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        raise VidlitError(_parse_error_line(parser, message))
+
+
+def _parse_error_line(parser: Any, message: str) -> str:
+    import difflib
+
+    subcommand = getattr(parser, "subcommand", None) or ""
+    sel = getattr(parser, "_vidlit_selection", ("erm", "folder"))
+    extra = "".join(f" --{k} {v}" for k, v, d in (("strategy", sel[0], "erm"), ("dataset", sel[1], "folder")) if v != d)
+    see = f"python -m vidlit {subcommand}{extra} --help".replace("  ", " ")
+    m = re.match(r"unrecognized arguments: (.*)$", message.strip(), re.I | re.S)
+    if m:
+        flags = [a.split("=", 1)[0] for a in m.group(1).split() if a.startswith("-")]
+        if flags:
+            options = sorted({o for o in getattr(parser, "_option_string_actions", {}) if o.startswith("--")})
+            parts = []
+            for flag in flags:
+                # names the flag is a prefix of first (an abbreviation), then the most similar ones
+                close = [o for o in options if o.startswith(flag)][:3]
+                close += [o for o in difflib.get_close_matches(flag, options, n=3, cutoff=0.6) if o not in close]
+                close = close[:3]
+                hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+                parts.append(f"{flag}{hint}")
+            return f"unknown option {', '.join(parts)}; every option: {see}"
+    key = re.match(r'Parser key "([^"]+)":', message.strip())
+    expected = re.findall(r"Expected a <class '([\w.]+)'>", message)
+    given = re.search(r"Given value: (.*)", message)
+    if key and expected and given:  # a value of the wrong type
+        names = ["null" if e == "NoneType" else e for e in expected]
+        return f"--{key.group(1)}: expected {' or '.join(names)}, got '{given.group(1).strip()}' (options: {see})"
+    text = "; ".join(ln.strip() for ln in message.strip().splitlines() if ln.strip())
+    return f"{text} (options: {see})"
+
+
 class VidlitCLI(LightningCLI):
     """LightningCLI plus run directories, default callbacks and loggers, and results at the end of fit."""
 
@@ -78,7 +142,15 @@ class VidlitCLI(LightningCLI):
             },
             save_config_callback=RunConfigCallback,
             save_config_kwargs={"overwrite": True},
+            parser_class=VidlitArgumentParser,
+            # no prefix matching (--trainer.max_ep is not --trainer.max_epochs); subcommands inherit it
+            parser_kwargs={"allow_abbrev": False, "prog": "python -m vidlit"},
         )
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        parser._vidlit_selection = (self.strategy_name, self.dataset_name)  # named in error lines
+        return parser
 
     def _parse_ckpt_path(self) -> None:
         """LightningCLI reads the hyperparameters of a ``--ckpt_path`` file (with
@@ -116,6 +188,10 @@ class VidlitCLI(LightningCLI):
         if cfg.get("ckpt_path") == "last" and not cfg.trainer.default_root_dir:
             raise VidlitError("--ckpt_path last resumes a run: also pass --trainer.default_root_dir RUN_DIR (the run's folder, with checkpoints/last.ckpt)")
         self.run_dir = _resolve_run_dir(cfg.trainer.default_root_dir, self.strategy_name, self.dataset_name)
+        where = os.path.join(cfg.checkpoint.dirpath or os.path.join(self.run_dir, "checkpoints"), "last.ckpt")
+        if cfg.get("ckpt_path") == "last" and not os.path.isfile(where):  # Lightning: a warning mid-output, then from scratch
+            raise VidlitError(f"--ckpt_path last: no checkpoint {where} in the run folder '{self.run_dir}'; "
+                              "check --trainer.default_root_dir (the folder of the run to resume), or drop --ckpt_path last to start afresh")
         if self.subcommand == "fit":
             _check_writable(self.run_dir)
         cfg.trainer.default_root_dir = self.run_dir
@@ -417,7 +493,20 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     start = START_TIME if argv is None or argv == sys.argv[1:] else time.time()
     command = argv[0] if argv else ""
+    if command in ("-h", "--help"):
+        print(command_list())
+        return 0
+    if not argv:  # a command is required: the list, and exit status 2 (as for any usage error)
+        print(command_list(), file=sys.stderr)
+        print("vidlit: error: no command given", file=sys.stderr)
+        return 2
     try:
+        if not command.startswith("-") and command not in {name for name, _ in COMMANDS}:
+            import difflib
+
+            close = difflib.get_close_matches(command, [name for name, _ in COMMANDS], n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise VidlitError(f"unknown command '{command}'{hint}; the commands: python -m vidlit --help")
         if command == "list":
             print_registries()
             return 0
