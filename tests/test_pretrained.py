@@ -393,3 +393,18 @@ def test_fit_from_a_vidlit_checkpoint(tiny_root, tmp_path):
     msg = str(err.value)
     assert "\n" not in msg and "keys differ" in msg and "net.stem.0.weight (1,) vs (24, 3, 3, 5, 5)" in msg
     assert "net.extra.weight (not in the backbone)" in msg
+
+
+def test_an_inflated_run_hands_its_normalisation_to_the_next(hub, tmp_path):
+    """A checkpoint of an imagenet_inflated run carries ``backbone.renorm``: fine-tuning from it keeps
+    the ImageNet input statistics its kernels were trained with."""
+    from strategies.erm import ERM
+
+    _put_in_cache("resnet18", _random_resnet18().state_dict())
+    model = ERM(num_classes=3, num_domains=2, backbone="mc3_18", pretrained="imagenet_inflated")
+    assert "backbone.renorm" in model.state_dict()
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, tmp_path / "run.ckpt")
+    bb = build_backbone("mc3_18", str(tmp_path / "run.ckpt"))
+    assert torch.equal(bb.renorm, model.backbone.renorm)
+    assert torch.equal(bb.net.layer2[0].conv1[0].weight, model.backbone.net.layer2[0].conv1[0].weight)
+    assert "renorm" not in build_backbone("mc3_18").state_dict()  # plain Kinetics/random: no conversion
