@@ -79,3 +79,85 @@ def test_a_value_of_the_wrong_type_is_one_line():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "vidlit: error: --trainer.max_epochs: expected int or null, got 'abc' (options: python -m vidlit fit --help)"]
+
+
+# --- validate / test / predict --ckpt_path: the checkpoint's own run settings ---------------------
+
+EVAL = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+@pytest.fixture(scope="module")
+def dann_run(tiny_root, tmp_path_factory) -> str:
+    """A 1-epoch dann run: its model has options erm lacks and a domain head sized by the sources."""
+    run_dir = str(tmp_path_factory.mktemp("strict") / "dann")
+    flags = list(TINY_FLAGS)
+    flags[flags.index("--trainer.max_epochs") + 1] = "1"
+    proc = run_vidlit("fit", "--strategy", "dann", "--data.root", tiny_root, "--trainer.default_root_dir", run_dir, *flags,
+                      "--trainer.limit_train_batches", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def _only(pattern_dir: str, prefix: str) -> str:
+    found = [d for d in os.listdir(pattern_dir) if d.startswith(prefix)] if os.path.isdir(pattern_dir) else []
+    assert len(found) == 1, (pattern_dir, found)
+    return os.path.join(pattern_dir, found[0])
+
+
+def test_validate_and_test_take_the_checkpoints_run_settings_and_write_into_it(dann_run, tmp_path):
+    ckpt = os.path.join(dann_run, "checkpoints", "last.ckpt")
+    fit_results = open(os.path.join(dann_run, "results.json"), "rb").read()
+    # no --strategy, --data.root or clip size: all from the run (dann options would be refused by erm)
+    proc = run_vidlit("validate", "--ckpt_path", ckpt, *EVAL, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = _only(os.path.join(dann_run, "eval"), "validate-")
+    res = json.load(open(os.path.join(out, "validate_results.json")))
+    assert res["strategy"] == "dann" and res["backbone"] == "tiny3d" and res["subcommand"] == "validate"
+    assert set(res["val_acc_per_domain"]) == {"clean", "colour", "shaky"} and set(res["target_acc_per_domain"]) == {"texture"}
+    for d in ("clean", "colour", "shaky", "texture"):
+        assert d in proc.stdout
+    assert os.path.join(out, "validate_results.json") in proc.stdout.replace("\n", "")
+
+    # flags given win over the run's settings
+    proc = run_vidlit("test", "--ckpt_path", ckpt, "--data.eval_batch_size", "7", *EVAL, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = _only(os.path.join(dann_run, "eval"), "test-")
+    res = json.load(open(os.path.join(out, "test_results.json")))
+    assert res["strategy"] == "dann" and set(res["test_acc_per_domain"]) == {"texture"} and 0 <= res["test_acc"] <= 1
+    assert "texture" in proc.stdout and "target (held out)" in proc.stdout
+    import yaml
+
+    cfg = yaml.safe_load(open(os.path.join(out, "test_config.yaml")))
+    assert cfg["strategy"] == "dann" and cfg["model"]["lambda_schedule"] == "ganin"
+    assert cfg["data"]["size"] == 32 and cfg["data"]["eval_batch_size"] == 7
+    # the fit's own files are untouched, no new run under ./runs, no eval folder taken for a run by `report`
+    assert open(os.path.join(dann_run, "results.json"), "rb").read() == fit_results
+    assert not (tmp_path / "runs").exists()
+    assert not os.path.exists(os.path.join(out, "config.yaml"))
+
+
+def test_predict_and_a_checkpoint_without_its_run_folder(dann_run, tmp_path):
+    ckpt = os.path.join(dann_run, "checkpoints", "last.ckpt")
+    proc = run_vidlit("predict", "--ckpt_path", ckpt, *EVAL, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = _only(os.path.join(dann_run, "eval"), "predict-")
+    assert os.path.isfile(os.path.join(out, "predictions.csv"))
+    # moved away from its run (no config.yaml): the settings come from the checkpoint itself
+    import shutil
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(ckpt, alone / "model.ckpt")
+    given = tmp_path / "given"
+    proc = run_vidlit("test", "--ckpt_path", str(alone / "model.ckpt"), "--trainer.default_root_dir", str(given), *EVAL,
+                      cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.load(open(given / "test_results.json"))
+    assert res["strategy"] == "dann" and set(res["test_acc_per_domain"]) == {"texture"}
+    assert not (alone / "eval").exists()  # --trainer.default_root_dir given: written there
+
+
+def test_missing_checkpoint_is_one_line(tmp_path):
+    proc = run_vidlit("test", "--ckpt_path", str(tmp_path / "nope.ckpt"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"vidlit: error: --ckpt_path: no checkpoint file '{tmp_path / 'nope.ckpt'}'")

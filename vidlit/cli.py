@@ -16,7 +16,7 @@ import warnings
 from typing import Any, Optional
 
 import yaml
-from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from vidlit.backbones import BACKBONES
@@ -51,6 +51,9 @@ class RunConfigCallback(SaveConfigCallback):
         config.trainer.default_root_dir = None
         if "ckpt_path" in config:
             config.ckpt_path = None
+        stage_name = str(getattr(stage, "value", stage))
+        if stage_name != "fit":  # validate/test/predict: not a run's config.yaml (`report` takes that for a run)
+            self.config_filename = f"{stage_name}_config.yaml"
         self.config = config
         try:
             super().setup(trainer, pl_module, stage)
@@ -125,8 +128,11 @@ def _parse_error_line(parser: Any, message: str) -> str:
 class VidlitCLI(LightningCLI):
     """LightningCLI plus run directories, default callbacks and loggers, and results at the end of fit."""
 
-    def __init__(self, strategy: str, dataset: str, args: list[str], start_time: float) -> None:
+    def __init__(self, strategy: str, dataset: str, args: list[str], start_time: float,
+                 checkpoint_run: Optional[str] = None) -> None:
         self.strategy_name, self.dataset_name, self.start_time = strategy, dataset, start_time
+        # validate/test/predict --ckpt_path CKPT: the run folder CKPT came from (its settings are in args)
+        self.checkpoint_run = checkpoint_run
         self.run_dir: Optional[str] = None
         self.finished_checkpoint: Optional[str] = None  # set when --ckpt_path names a finished run
         super().__init__(
@@ -157,6 +163,11 @@ class VidlitCLI(LightningCLI):
         ``weights_only=True``); a file that is not safe to load is a one-line error."""
         import pickle
 
+        if self.checkpoint_run is not None:
+            # the run's settings are already in the arguments, before the user's flags (which win);
+            # Lightning would merge the checkpoint's hyperparameters over the user's --model.* flags
+            load_checkpoint(self.config[self.config.subcommand].get("ckpt_path"))  # refused in one line if unsafe
+            return
         try:
             super()._parse_ckpt_path()
         except (pickle.UnpicklingError, EOFError, RuntimeError) as err:
@@ -187,7 +198,12 @@ class VidlitCLI(LightningCLI):
         cfg.strategy, cfg.dataset = self.strategy_name, self.dataset_name
         if cfg.get("ckpt_path") == "last" and not cfg.trainer.default_root_dir:
             raise VidlitError("--ckpt_path last resumes a run: also pass --trainer.default_root_dir RUN_DIR (the run's folder, with checkpoints/last.ckpt)")
-        self.run_dir = _resolve_run_dir(cfg.trainer.default_root_dir, self.strategy_name, self.dataset_name)
+        given = cfg.trainer.default_root_dir
+        if not given and self.checkpoint_run is not None and not (os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get(RUN_DIR_ENV)):
+            # evaluating a checkpoint: a folder of its own inside the checkpoint's run, never a new runs/... run
+            given = os.path.join(self.checkpoint_run, "eval", f"{self.subcommand}-{time.strftime('%Y%m%d-%H%M%S')}")
+            _check_writable(given)
+        self.run_dir = _resolve_run_dir(given, self.strategy_name, self.dataset_name)
         where = os.path.join(cfg.checkpoint.dirpath or os.path.join(self.run_dir, "checkpoints"), "last.ckpt")
         if cfg.get("ckpt_path") == "last" and not os.path.isfile(where):  # Lightning: a warning mid-output, then from scratch
             raise VidlitError(f"--ckpt_path last: no checkpoint {where} in the run folder '{self.run_dir}'; "
@@ -223,6 +239,7 @@ class VidlitCLI(LightningCLI):
         self.history = HistoryCallback()
         trainer.callbacks.append(self.history)
         trainer.callbacks.extend(default_callbacks())
+        trainer.callbacks.append(RunNamesCallback(self.strategy_name, self.dataset_name))
         self.wall_clock = WallClock(self.run_dir, self.start_time, resume=bool(cfg.get("ckpt_path")))
         trainer.callbacks.append(self.wall_clock)
         return trainer
@@ -276,6 +293,70 @@ class VidlitCLI(LightningCLI):
             from vidlit.loggers import finish_loggers
 
             finish_loggers(trainer, self.model, results)
+
+
+    def after_validate(self) -> None:
+        self._write_eval_results("validate")
+
+    def after_test(self) -> None:
+        self._write_eval_results("test")
+
+    def _write_eval_results(self, subcommand: str) -> None:
+        """``validate``/``test``: ``<run_dir>/<subcommand>_results.json`` (the per-domain accuracies;
+        never the fit's ``results.json``), its path printed under the per-domain table."""
+        trainer, dm = self.trainer, self.datamodule
+        if trainer.interrupted or not trainer.is_global_zero:
+            return
+        m = trainer.callback_metrics
+        names = getattr(self.model, "domain_names", {})
+        cfg = self.config[self.subcommand]
+        ckpt = cfg.get("ckpt_path")
+        results = {
+            "subcommand": subcommand,
+            "strategy": self.strategy_name,
+            "backbone": self.model.hparams.get("backbone"),
+            "dataset": self.dataset_name,
+            "checkpoint": os.path.abspath(ckpt) if ckpt and os.path.isfile(str(ckpt)) else ckpt,
+            "checkpoint_run": os.path.abspath(self.checkpoint_run) if self.checkpoint_run else None,
+            "run_dir": os.path.abspath(self.run_dir),
+            "source_domains": list(getattr(dm, "source_domains", [])),
+            "target_domains": list(getattr(dm, "target_domains", [])),
+            "class_names": list(getattr(dm, "class_names", [])),
+        }
+        prefixes = {"validate": (("val", "val", "val"), ("target", "val_target", "test")), "test": (("test", "test", "test"),)}
+        for key, prefix, role in prefixes[subcommand]:
+            results[f"{key}_acc"] = _metric(m, f"{prefix}/acc")
+            results[f"{key}_acc_per_domain"] = {d: _metric(m, f"{prefix}/acc/{d}") for d in names.get(role, [])}
+        if subcommand == "validate":
+            results["val_loss"] = _metric(m, "val/loss")
+        results["wall_time_s"] = round(time.time() - self.start_time, 2)
+        os.makedirs(self.run_dir, exist_ok=True)
+        path = os.path.join(self.run_dir, f"{subcommand}_results.json")
+        with open(path + ".tmp", "w") as fh:
+            import json
+
+            json.dump(results, fh, indent=2)
+        os.replace(path + ".tmp", path)
+        print(f"results: {path}", flush=True)
+
+
+class RunNamesCallback(Callback):
+    """Stores the strategy and dataset names in every checkpoint (key ``vidlit_run``), so that
+    ``validate``/``test``/``predict --ckpt_path`` know them for a checkpoint without its run's
+    ``config.yaml``."""
+
+    KEY = "vidlit_run"
+
+    def __init__(self, strategy: str, dataset: str) -> None:
+        self.strategy, self.dataset = strategy, dataset
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict) -> None:
+        checkpoint[self.KEY] = {"strategy": self.strategy, "dataset": self.dataset}
+
+
+def _metric(metrics: dict, key: str) -> Optional[float]:
+    value = metrics.get(key)
+    return None if value is None else round(float(value), 6)
 
 
 def load_checkpoint(path: str) -> dict:
@@ -443,11 +524,106 @@ def resolve_selection(argv: list[str]) -> tuple[str, str, list[str]]:
     return strategy, dataset, out
 
 
+EVAL_COMMANDS = ("validate", "test", "predict")
+# link targets (set from other keys when the classes are made): never passed as settings
+_LINKED = {"model": {"seed", "num_classes", "num_domains"}, "data": {"backbone", "seed"}}
+
+
+def _last_flag(argv: list[str], flag: str) -> Optional[str]:
+    value = None
+    for i, a in enumerate(argv):
+        if a == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif a.startswith(flag + "="):
+            value = a.split("=", 1)[1]
+    return value
+
+
+def checkpoint_run_dir(ckpt: str) -> str:
+    """The run folder of a checkpoint: ``RUN`` for ``RUN/checkpoints/X.ckpt``, else its own folder."""
+    folder = os.path.dirname(os.path.abspath(ckpt))
+    return os.path.dirname(folder) if os.path.basename(folder) == "checkpoints" else folder
+
+
+def _accepted_args(cls: type) -> set[str]:
+    """Constructor argument names of ``cls``, following ``**kwargs`` into its base classes."""
+    import inspect
+
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        params = inspect.signature(vars(klass)["__init__"]).parameters.values()
+        names |= {p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
+def checkpoint_settings(ckpt: str) -> tuple[dict, str]:
+    """The strategy, dataset, model and data settings of the run ``ckpt`` came from, and where
+    they were read: the run's ``config.yaml`` (``CKPT/../../config.yaml``), else the checkpoint's
+    hyperparameters."""
+    run = checkpoint_run_dir(ckpt)
+    state = load_checkpoint(ckpt)  # refused in one line if it is not safe to load
+    path = os.path.join(run, "config.yaml")
+    if os.path.isfile(path):
+        try:
+            with open(path) as fh:
+                saved = yaml.safe_load(fh) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise VidlitError(f"--ckpt_path {ckpt}: cannot read its run's settings {path} ({err}); fix or remove that file") from None
+        if isinstance(saved, dict):
+            return {k: saved[k] for k in ("strategy", "dataset", "model", "data") if saved.get(k) is not None}, path
+    found: dict = {}
+    names = state.get(RunNamesCallback.KEY) or {}
+    for key in ("strategy", "dataset"):
+        if names.get(key):
+            found[key] = names[key]
+    for section, key in (("model", "hyper_parameters"), ("data", "datamodule_hyper_parameters")):
+        hp = state.get(key)
+        if isinstance(hp, dict) and hp:
+            found[section] = {k: v for k, v in hp.items() if not k.startswith("_")}
+    return found, f"{ckpt} (hyperparameters)"
+
+
+def with_checkpoint_settings(argv: list[str]) -> tuple[list[str], Optional[str]]:
+    """``validate|test|predict --ckpt_path CKPT``: the arguments with the settings of CKPT's run put
+    first (strategy, dataset, model and data), so that every flag given overrides them; and the
+    run folder. Other command lines are returned as they are."""
+    if not argv or argv[0] not in EVAL_COMMANDS:
+        return argv, None
+    ckpt = _last_flag(argv, "--ckpt_path")
+    if not ckpt or ckpt in ("last", "best", "hpc", "registry") or "--help" in argv or "-h" in argv:
+        return argv, None
+    if not os.path.isfile(ckpt):
+        if any(a.split("=", 1)[0] == "--print_config" for a in argv):
+            return argv, None  # the configuration as given (a documented command with an example path)
+        raise VidlitError(f"--ckpt_path: no checkpoint file '{ckpt}'; pass a .ckpt file (e.g. RUN/checkpoints/last.ckpt)")
+    found, source = checkpoint_settings(ckpt)
+    head = [argv[0]] + [x for k in ("strategy", "dataset") if found.get(k) for x in (f"--{k}", str(found[k]))]
+    # the classes the user's flags select in the end (their --strategy/--dataset/--config win)
+    strategy, dataset, _ = resolve_selection(head + argv[1:])
+    sections = {}
+    for section, cls in (("model", STRATEGIES.get(strategy)), ("data", DATAMODULES.get(dataset))):
+        values = found.get(section)
+        if isinstance(values, dict):
+            ok = _accepted_args(cls) - _LINKED[section]
+            sections[section] = {k: v for k, v in values.items() if k in ok}
+    if sections:
+        head += ["--config", yaml.safe_dump(sections, default_flow_style=True, width=1 << 30).strip()]
+    keys = [f"strategy {found.get('strategy', strategy)}", f"backbone {(found.get('model') or {}).get('backbone', '?')}",
+            f"dataset {found.get('dataset', dataset)}"]
+    print(f"vidlit: {argv[0]} with the settings of {source} ({', '.join(keys)}); flags given override them", file=sys.stderr)
+    return head + argv[1:], checkpoint_run_dir(ckpt)
+
+
 def run_cli(argv: list[str], start_time: Optional[float] = None) -> VidlitCLI:
     start_time = start_time or time.time()
-    strategy, dataset, args = resolve_selection(list(argv))
+    argv, checkpoint_run = with_checkpoint_settings(list(argv))
+    strategy, dataset, args = resolve_selection(argv)
     warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-    return VidlitCLI(strategy, dataset, args, start_time)
+    return VidlitCLI(strategy, dataset, args, start_time, checkpoint_run=checkpoint_run)
 
 
 def print_registries() -> None:
