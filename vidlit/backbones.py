@@ -25,7 +25,7 @@ from vidlit.errors import MissingDependencyError
 from vidlit.registry import Registry
 from vidlit.weights import (  # noqa: F401 - re-exported: the loading API lives in vidlit.weights
     INFLATED, PretrainedWeightsError, WeightsInfo, WeightsNotCachedError, hub_checkpoint_path, is_vidlit_checkpoint,
-    load_checkpoint_backbone, load_weights, read_file, resolve, torchvision_info,
+    forget_file, load_checkpoint_backbone, load_weights, read_file, resolve, torchvision_info,
 )
 
 #: (mean, std) per channel for each normalisation preset, applied to frames scaled to [0, 1].
@@ -126,11 +126,14 @@ def build_backbone(name: str, pretrained: Optional[str] = None) -> Backbone:
     if pretrained is None or str(pretrained).lower() in ("default", "true", INFLATED):
         return spec.builder(pretrained=pretrained)
     path = resolve(pretrained, spec.name, spec.weights.url if spec.weights else None)
-    if is_vidlit_checkpoint(read_file(path)):  # fine-tuning from a vidlit run: same layout, strict
-        bb = spec.builder(pretrained=None)
-        load_checkpoint_backbone(bb, spec.name, path)
-        return bb
-    return spec.builder(pretrained=path)
+    try:
+        if is_vidlit_checkpoint(read_file(path)):  # fine-tuning from a vidlit run: same layout, strict
+            bb = spec.builder(pretrained=None)
+            load_checkpoint_backbone(bb, spec.name, path)
+            return bb
+        return spec.builder(pretrained=path)
+    finally:
+        forget_file()  # the memoised file is not kept in memory once the backbone has its weights
 
 
 # --------------------------------------------------------------------------- tiny 3D CNN (CPU demo)

@@ -214,6 +214,11 @@ def read_file(path: str) -> Any:
     return obj
 
 
+def forget_file() -> None:
+    """Drop the memoised file of :func:`read_file`."""
+    _LAST.clear()
+
+
 def is_vidlit_checkpoint(obj: Any) -> bool:
     return isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict) and any(
         str(k).startswith("backbone.") for k in obj["state_dict"]
