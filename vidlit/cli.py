@@ -541,8 +541,10 @@ def _last_flag(argv: list[str], flag: str) -> Optional[str]:
 
 def checkpoint_run_dir(ckpt: str) -> str:
     """The run folder of a checkpoint: ``RUN`` for ``RUN/checkpoints/X.ckpt``, else its own folder."""
-    folder = os.path.dirname(os.path.abspath(ckpt))
-    return os.path.dirname(folder) if os.path.basename(folder) == "checkpoints" else folder
+    folder = os.path.dirname(os.path.normpath(ckpt)) or "."
+    if os.path.basename(os.path.abspath(folder)) == "checkpoints":
+        return os.path.dirname(folder) or "." if folder != "." else ".."
+    return folder
 
 
 def _accepted_args(cls: type) -> set[str]:
@@ -609,6 +611,9 @@ def with_checkpoint_settings(argv: list[str]) -> tuple[list[str], Optional[str]]
         values = found.get(section)
         if isinstance(values, dict):
             ok = _accepted_args(cls) - _LINKED[section]
+            if section == "data" and found.get("dataset") and str(found["dataset"]).lower() != dataset:
+                # another dataset format (e.g. predict --dataset files): the clip settings, not which videos
+                ok -= {"root", "source_domains", "target_domains", "classes", "videos", "run"}
             sections[section] = {k: v for k, v in values.items() if k in ok}
     if sections:
         head += ["--config", yaml.safe_dump(sections, default_flow_style=True, width=1 << 30).strip()]
