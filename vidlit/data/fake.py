@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Sequence
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
 
@@ -76,23 +77,20 @@ def source_splits(per_class: int = 24, size: int = 32, seed: int = 0) -> tuple[d
     return {k: v[train] for k, v in clips.items()}, {k: v[~train] for k, v in clips.items()}
 
 
-class _SetEpoch:
-    def __new__(cls, data: BalancedBatches):  # a Lightning callback, built lazily (no import at module load)
-        import lightning.pytorch as pl
+class _SetEpoch(pl.Callback):
+    """Reshuffles :class:`BalancedBatches` every epoch, as the DataModule's sampler does."""
 
-        class SetEpoch(pl.Callback):
-            def on_train_epoch_start(self, trainer, pl_module) -> None:
-                data.set_epoch(trainer.current_epoch)
+    def __init__(self, data: BalancedBatches) -> None:
+        self.data = data
 
-        return SetEpoch()
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.data.set_epoch(trainer.current_epoch)
 
 
 def fit_in_memory(strategy: str, seed: int = 0, epochs: int = 10, per_domain: int = 8, **overrides) -> tuple[float, dict[str, float]]:
     """Train a registered strategy with its defaults (plus ``overrides`` of its arguments) through a
     Lightning Trainer on :func:`source_splits`; returns the source-domain validation accuracy
     after the last epoch and the last logged metrics. About 10 s on one CPU thread."""
-    import lightning.pytorch as pl
-
     from vidlit.strategy import STRATEGIES
 
     train, val = source_splits()
