@@ -161,3 +161,12 @@ def test_missing_checkpoint_is_one_line(tmp_path):
     proc = run_vidlit("test", "--ckpt_path", str(tmp_path / "nope.ckpt"))
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(f"vidlit: error: --ckpt_path: no checkpoint file '{tmp_path / 'nope.ckpt'}'")
+
+
+def test_a_checkpoint_of_another_strategy_is_one_line(dann_run, tmp_path):
+    ckpt = os.path.join(dann_run, "checkpoints", "last.ckpt")
+    proc = run_vidlit("test", "--ckpt_path", ckpt, "--strategy", "erm", "--trainer.default_root_dir", str(tmp_path / "out"), *EVAL)
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()[-1]
+    assert err.startswith(f"vidlit: error: --ckpt_path {ckpt}: its weights do not fit --strategy erm") and "discriminator" in err
+    assert "Traceback" not in proc.stderr

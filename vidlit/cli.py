@@ -295,6 +295,29 @@ class VidlitCLI(LightningCLI):
             finish_loggers(trainer, self.model, results)
 
 
+    def validate(self, **kwargs: Any) -> Any:
+        return self._evaluate("validate", **kwargs)
+
+    def test(self, **kwargs: Any) -> Any:
+        return self._evaluate("test", **kwargs)
+
+    def predict(self, **kwargs: Any) -> Any:
+        return self._evaluate("predict", **kwargs)
+
+    def _evaluate(self, subcommand: str, **kwargs: Any) -> Any:
+        """``trainer.validate|test|predict``: checkpoints loaded with ``weights_only=True``, and a
+        checkpoint whose weights do not fit the model is one line naming both."""
+        if kwargs.get("weights_only") is None:  # checkpoints are untrusted input
+            kwargs["weights_only"] = True
+        try:
+            return getattr(self.trainer, subcommand)(**kwargs)
+        except RuntimeError as err:
+            if "Error(s) in loading state_dict" not in str(err):
+                raise
+            first = next((ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()), "")
+            raise VidlitError(f"--ckpt_path {kwargs.get('ckpt_path')}: its weights do not fit --strategy {self.strategy_name} "
+                              f"with these settings ({first[:160]}); use the strategy and model settings it was trained with") from None
+
     def after_validate(self) -> None:
         self._write_eval_results("validate")
 
