@@ -20,3 +20,4 @@ def _isolated_env(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("WANDB_MODE", os.environ.get("VIDLIT_TEST_WANDB_MODE", "disabled"))
     monkeypatch.setenv("VIDLIT_CACHE", str(tmp_path_factory.getbasetemp() / "vidlit-user-cache"))
     monkeypatch.delenv("VIDLIT_RUN_DIR", raising=False)
+    monkeypatch.setenv("VIDLIT_OFFLINE", "1")  # no test downloads published weights

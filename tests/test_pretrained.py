@@ -355,26 +355,26 @@ def test_fit_from_a_vidlit_checkpoint(tiny_root, tmp_path):
     first = run_vidlit("fit", "--data.root", tiny_root, *flags, "--trainer.default_root_dir", str(tmp_path / "a"))
     assert first.returncode == 0, first.stderr[-3000:]
     best = next(str(p) for p in (tmp_path / "a" / "checkpoints").glob("best*.ckpt"))
-    # second run: the backbone frozen, so its parameters must end exactly as they started (BatchNorm
-    # running statistics are left out: Lightning's validation loop restores every module's raw
-    # training flag, which puts frozen BatchNorms back in train mode; see the report on strategy.py)
+    # second run: the backbone frozen (and its BatchNorm statistics, across validations), so its
+    # parameters and buffers must end exactly as they started; the head starts from the checkpoint's
     second = run_vidlit(
         "fit", "--data.root", tiny_root, *flags, "--model.pretrained", best, "--model.freeze", "backbone",
-        "--model.freeze_bn", "true", "--trainer.default_root_dir", str(tmp_path / "b"),
+        "--model.freeze_bn", "true", "--model.pretrained_head", "true", "--trainer.default_root_dir", str(tmp_path / "b"),
     )  # fmt: skip
     assert second.returncode == 0, second.stderr[-3000:]
     want, got = _backbone_state(best), _backbone_state(str(tmp_path / "b" / "checkpoints" / "last.ckpt"))
     assert want.keys() == got.keys() and len(want) > 10
     params = [f"backbone.{k}" for k, _ in build_backbone("tiny3d").named_parameters()]
     assert len(params) >= 8 and all(torch.equal(want[k], got[k]) for k in params), [k for k in params if not torch.equal(want[k], got[k])]
+    stats = [k for k in want if "running_" in k]
+    assert stats and all(torch.equal(want[k], got[k]) for k in stats), [k for k in stats if not torch.equal(want[k], got[k])]
     fresh = build_backbone("tiny3d").state_dict()  # a random start would not match
     assert not torch.equal(fresh["net.stem.0.weight"], want["backbone.net.stem.0.weight"])
 
     # the checkpoint's head: same classes -> loaded; other classes -> one error
     from strategies.erm import ERM
 
-    model = ERM(num_classes=5, num_domains=3, pretrained=best)
-    load_head(model.head, best, 5)
+    model = ERM(num_classes=5, num_domains=3, pretrained=best, pretrained_head=True)
     ckpt = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
     assert torch.equal(model.head[1].weight, ckpt["head.1.weight"])
     assert torch.equal(model.backbone.net.stem[0].weight, ckpt["backbone.net.stem.0.weight"])

@@ -47,8 +47,11 @@ class Strategy(pl.LightningModule):
         num_classes: set from the data.
         num_domains: number of source domains, set from the data.
         backbone: registered backbone name (``python -m vidlit list``); also ``--backbone``.
-        pretrained: None (random init), a local weights file, or ``default`` (the library's
-            weights from the local torch hub cache; never downloaded).
+        pretrained: None (random init), a weights file, a URL, ``default`` (the published weights:
+            torch hub cache, downloaded once unless VIDLIT_OFFLINE=1), ``imagenet_inflated``, or a
+            vidlit checkpoint (its backbone; see docs/TRANSFER.md).
+        pretrained_head: also load the head from the vidlit checkpoint given as ``pretrained``
+            (same classes required).
         freeze: ``none`` (full fine-tune), ``backbone`` (linear probe) or ``all_but_N``
             (train only the last N backbone stages).
         freeze_bn: keep every BatchNorm in eval mode (frozen statistics) while training.
@@ -101,6 +104,7 @@ class Strategy(pl.LightningModule):
         num_domains: int = 0,
         backbone: str = "tiny3d",
         pretrained: Optional[str] = None,
+        pretrained_head: bool = False,
         freeze: str = "none",
         freeze_bn: bool = False,
         lr: float = 2e-3,
@@ -122,6 +126,12 @@ class Strategy(pl.LightningModule):
         spec = BACKBONES.get(backbone)
         self.backbone = build_backbone(backbone, pretrained)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.backbone.out_dim, num_classes))
+        if pretrained_head:
+            from vidlit.weights import load_head, resolve
+
+            if pretrained is None:
+                raise VidlitError("--model.pretrained_head true needs --model.pretrained RUN/checkpoints/best.ckpt")
+            load_head(self.head, resolve(pretrained, backbone, None), num_classes)
         mean, std = NORM_PRESETS[spec.norm]
         self.register_buffer("_mean", torch.tensor(mean).view(1, 3, 1, 1, 1) * 255, persistent=False)
         self.register_buffer("_std", torch.tensor(std).view(1, 3, 1, 1, 1) * 255, persistent=False)
@@ -154,6 +164,14 @@ class Strategy(pl.LightningModule):
             mod for mod in self.backbone.modules()
             if isinstance(mod, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in mod.parameters())
         ]
+
+    def on_validation_model_train(self) -> None:
+        """Lightning restores each module's own training flag after validation, which would put
+        frozen BatchNorms back in train mode: re-apply the freeze policy instead."""
+        if self._trainer is not None and self.trainer.state.fn == "fit":
+            self.train()
+        else:
+            super().on_validation_model_train()
 
     def train(self, mode: bool = True) -> "Strategy":
         super().train(mode)
