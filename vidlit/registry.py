@@ -11,6 +11,26 @@ from typing import Callable, Dict, Generic, Iterator, TypeVar
 
 from vidlit.errors import VidlitError
 
+
+def init_arg_names(cls: type, stop: type = object) -> set[str]:
+    """Keyword arguments of ``cls.__init__`` over its class hierarchy up to (not including) ``stop``
+    (arguments forwarded with ``**kwargs`` to a base count as the class's own)."""
+    import inspect
+
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is stop or klass is object:
+            break
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            params = inspect.signature(init).parameters
+        except (TypeError, ValueError):
+            continue
+        names |= {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return names
+
 T = TypeVar("T")
 
 

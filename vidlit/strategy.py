@@ -25,7 +25,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from vidlit.backbones import BACKBONES, NORM_PRESETS, build_backbone
 from vidlit.metrics import PerDomainAccuracy
-from vidlit.registry import Registry
+from vidlit.registry import Registry, init_arg_names
 from vidlit.errors import VidlitError
 
 STRATEGIES: Registry[type] = Registry("strategy", "--strategy")
@@ -88,15 +88,7 @@ class Strategy(pl.LightningModule):
     @classmethod
     def hparam_names(cls) -> set[str]:
         """Every ``--model.NAME`` this strategy accepts (its and its bases' ``__init__`` arguments)."""
-        import inspect
-
-        names: set[str] = set()
-        for klass in cls.__mro__:
-            init = klass.__dict__.get("__init__")
-            if init is None or klass is pl.LightningModule or not issubclass(klass, Strategy):
-                continue
-            names |= {n for n, p in inspect.signature(init).parameters.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-        return names
+        return init_arg_names(cls, stop=pl.LightningModule)
 
     def __init__(
         self,

@@ -203,29 +203,13 @@ def discover_domains(dataset: str, passthrough: list[str]) -> list[str]:
     return [d for d in sorted(set(dm.source_domains) | set(dm.target_domains)) if d not in sources]
 
 
-def _init_names(cls: type) -> set[str]:
-    """Keyword arguments of ``cls.__init__`` over its class hierarchy (``**kwargs`` passed upward)."""
-    import inspect
-
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None or klass is object:
-            continue
-        try:
-            params = inspect.signature(init).parameters
-        except (TypeError, ValueError):
-            continue
-        names |= {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    return names
-
-
 def search_spaces(strategies: Sequence[str], dataset: str, overrides: Sequence[str]) -> dict[str, list[Param]]:
     """Each strategy's search space: its own (``Strategy.search_space()``) with the ``--hparam``
     entries it accepts added or replaced. Every problem (a name that no strategy of the grid, the
     dataset or the Trainer accepts; abbreviations are not names) is reported at once."""
     import difflib
 
+    from vidlit.registry import init_arg_names
     from vidlit.strategy import STRATEGIES
 
     given = [Param.parse(s) for s in overrides]
@@ -238,11 +222,11 @@ def search_spaces(strategies: Sequence[str], dataset: str, overrides: Sequence[s
         elif section == "data":
             from vidlit.data.datamodule import DATAMODULES
 
-            known = _init_names(DATAMODULES.get(dataset))
+            known = init_arg_names(DATAMODULES.get(dataset))
         elif section == "trainer":
             from lightning.pytorch import Trainer
 
-            known = _init_names(Trainer)
+            known = init_arg_names(Trainer)
         else:
             problems.append(f"'{p.name}' is not a model.*, data.* or trainer.* flag")
             continue
