@@ -71,6 +71,22 @@ COMMANDS = (
     ("report", "tables of the results.json files under a folder (DomainBed style)"),
     ("bench", "measure data loading and training speed"),
 )
+#: commands that are a module of their own: ``python -m vidlit NAME ...`` calls ``vidlit.NAME.main(argv)``
+MODULE_COMMANDS = ("sweep", "report", "bench")
+
+#: callbacks with a flag group of their own, ``--KEY.ARG`` (LightningCLI's ``add_lightning_class_args``,
+#: as ``--checkpoint.*``): ``(KEY, "module:Class")``, added to the Trainer of every subcommand. A class
+#: whose defaults do nothing costs nothing; its arguments are typed and documented like a strategy's.
+CALLBACK_GROUPS: tuple[tuple[str, str], ...] = (
+)
+
+
+def callback_class(target: str) -> type:
+    """The class named by ``"module:Class"`` (a :data:`CALLBACK_GROUPS` entry)."""
+    import importlib
+
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def command_list() -> str:
@@ -180,6 +196,8 @@ class VidlitCLI(LightningCLI):
         parser.add_argument("--dataset", default=self.dataset_name, help=f"dataset format: {', '.join(DATAMODULES.names())}")
         parser.add_lightning_class_args(AtomicModelCheckpoint, "checkpoint")
         parser.add_class_arguments(WandbOptions, "wandb")
+        for key, target in CALLBACK_GROUPS:
+            parser.add_lightning_class_args(callback_class(target), key)
         parser.set_defaults({
             "checkpoint.monitor": "val/acc", "checkpoint.mode": "max", "checkpoint.save_last": True,
             "checkpoint.filename": "best-{epoch:03d}", "checkpoint.auto_insert_metric_name": True,
@@ -714,7 +732,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if command == "list":
             print_registries()
             return 0
-        if command in ("sweep", "report", "bench"):
+        if command in MODULE_COMMANDS:
             import importlib
 
             return int(importlib.import_module(f"vidlit.{command}").main(argv[1:]) or 0)
