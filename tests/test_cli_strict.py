@@ -170,3 +170,19 @@ def test_a_checkpoint_of_another_strategy_is_one_line(dann_run, tmp_path):
     err = proc.stderr.strip().splitlines()[-1]
     assert err.startswith(f"vidlit: error: --ckpt_path {ckpt}: its weights do not fit --strategy erm") and "discriminator" in err
     assert "Traceback" not in proc.stderr
+
+
+def test_output_cut_short_by_the_reader_is_no_traceback():
+    import subprocess
+    import sys
+
+    # `python -m vidlit list | head -1`, made deterministic: the reader has already closed the pipe
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "vidlit", "list"], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in proc.stderr and "BrokenPipeError" not in proc.stderr, proc.stderr
+    assert proc.returncode == 141

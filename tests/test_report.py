@@ -180,3 +180,32 @@ def test_strategies_at_their_own_defaults_share_a_table(tmp_path):
         "Dataset `folder` (1 of 2): model.lr=default": ["| erm | 50.0 | 50.0 | 1 |", "| dann | 60.0 | 60.0 | 1 |"],
         "Dataset `folder` (2 of 2): model.lr=0.01": ["| erm | 40.0 | 40.0 | 1 |"],
     }
+
+
+def test_wandb_agent_draws_are_selected_within_their_sweep_only(tmp_path, monkeypatch):
+    from vidlit.sweep import record_wandb_agent_run
+
+    root = str(tmp_path / "runs")
+
+    def agent_run(name, sweep_id, lr, test, val):
+        run_dir = _run(root, "erm", "A", 0, test, val, hparams={"model.lr": lr}, folder=os.path.join(root, name))
+        params = tmp_path / f"config-{name}.yaml"  # what `wandb agent` writes and points WANDB_SWEEP_PARAM_PATH at
+        params.write_text(yaml.safe_dump({"strategy": {"value": "erm"}, "seed_everything": {"value": 0},
+                                          "data.target_domains": {"value": '["A"]'}, "model.lr": {"value": lr}}))
+        monkeypatch.setenv("WANDB_SWEEP_ID", sweep_id)
+        monkeypatch.setenv("WANDB_RUN_ID", name)
+        monkeypatch.setenv("WANDB_SWEEP_PARAM_PATH", str(params))
+        assert record_wandb_agent_run(run_dir, "done")
+        record = json.load(open(os.path.join(run_dir, "sweep.json")))
+        assert record["wandb_sweep"] == sweep_id and record["hparams"] == {"model.lr": lr} and record["hparams_draw"] == name
+
+    agent_run("erm-folder-1", "sw1", 0.002, 0.40, 0.80)
+    agent_run("erm-folder-2", "sw1", 0.005, 0.70, 0.95)  # the best val of sweep sw1
+    assert report.main([root]) == 0
+    assert list(_table_rows(open(os.path.join(root, "report.md")).read()).values()) == [["| erm | 70.0 | 70.0 | 1 |"]]
+    # a draw of another W&B sweep at the same grid point is not a draw of sw1: refused, not selected
+    agent_run("erm-folder-3", "sw2", 0.001, 0.90, 0.99)
+    assert report.main([root]) == 2
+    # outside an agent nothing is written; a `vidlit sweep` record is left alone
+    monkeypatch.delenv("WANDB_SWEEP_ID")
+    assert not record_wandb_agent_run(str(tmp_path), "done") and not os.path.exists(tmp_path / "sweep.json")

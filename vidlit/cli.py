@@ -274,6 +274,10 @@ class VidlitCLI(LightningCLI):
                 return
         if kwargs.get("weights_only") is None:  # checkpoints are untrusted input: no arbitrary unpickling
             kwargs["weights_only"] = True
+        if self.trainer.is_global_zero:
+            from vidlit.sweep import record_wandb_agent_run
+
+            record_wandb_agent_run(self.run_dir, "running")  # a `wandb agent` draw: report pools it with its sweep
         self.trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, **kwargs)
 
     def after_fit(self) -> None:
@@ -307,6 +311,9 @@ class VidlitCLI(LightningCLI):
         results = build_results(trainer, self.model, self.datamodule, self.history.history, best, meta)
         if trainer.is_global_zero:
             path = write_results(self.run_dir, results)
+            from vidlit.sweep import record_wandb_agent_run
+
+            record_wandb_agent_run(self.run_dir, "done")
             print_table(results, path)
             from vidlit.loggers import finish_loggers
 

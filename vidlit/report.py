@@ -141,6 +141,8 @@ def find_runs(root: str) -> tuple[list[dict], list[tuple[str, str]]]:
             res["_dir"], res["_draw"], res["_hparams"] = dirpath, draw, dict(sweep.get("hparams") or {})
             res["_settings"] = run_settings(dirpath)
             root_of_sweep = _sweep_root(dirpath, res, draw) if draw is not None else None
+            if sweep.get("wandb_sweep"):  # a `wandb agent` run: its draws are the runs of that W&B sweep
+                root_of_sweep = f"wandb:{sweep['wandb_sweep']}"
             res["_pool"] = ("sweep", root_of_sweep) if root_of_sweep else ("run", dirpath)
             results.append(res)
     return results, problems
@@ -253,8 +255,8 @@ def _best(runs: list[dict]) -> dict:
     top = max((r.get("val_acc") if r.get("val_acc") is not None else -1.0) for r in runs)
     tied = [r for r in runs if (r.get("val_acc") if r.get("val_acc") is not None else -1.0) == top]
     if len(tied) > 1 and all(r.get("val_loss") is not None for r in tied):
-        return min(tied, key=lambda r: (r["val_loss"], r["_draw"] or 0))
-    return min(tied, key=lambda r: r["_draw"] or 0)
+        return min(tied, key=lambda r: (r["val_loss"], _sortable(r["_draw"] or 0)))
+    return min(tied, key=lambda r: _sortable(r["_draw"] or 0))
 
 
 def select(runs: list[dict]) -> dict[tuple, dict]:
