@@ -70,9 +70,10 @@ COMMANDS = (
     ("sweep", "run a grid of strategies x held-out domains x seeds (and hyperparameter draws)"),
     ("report", "tables of the results.json files under a folder (DomainBed style)"),
     ("bench", "measure data loading and training speed"),
+    ("export", "write a checkpoint as a TorchScript or ONNX model that takes uint8 clips (--ckpt_path CKPT)"),
 )
 #: commands that are a module of their own: ``python -m vidlit NAME ...`` calls ``vidlit.NAME.main(argv)``
-MODULE_COMMANDS = ("sweep", "report", "bench")
+MODULE_COMMANDS = ("sweep", "report", "bench", "export")
 
 #: callbacks with a flag group of their own, ``--KEY.ARG`` (LightningCLI's ``add_lightning_class_args``,
 #: as ``--checkpoint.*``): ``(KEY, "module:Class")``, added to the Trainer of every subcommand. A class
@@ -231,8 +232,12 @@ class VidlitCLI(LightningCLI):
         cfg.trainer.default_root_dir = self.run_dir
         if cfg.checkpoint.dirpath is None:
             cfg.checkpoint.dirpath = os.path.join(self.run_dir, "checkpoints")
-        if cfg.trainer.precision is None and _cuda_available():
-            cfg.trainer.precision = "bf16-mixed"  # the GPU default needs no flag
+        if cfg.trainer.precision is None:  # bf16-mixed on CUDA and on CPUs with native bf16, else fp32
+            from vidlit.precision import detect, print_choice
+
+            choice = detect(use_cuda=_cuda_available() and cfg.trainer.accelerator not in ("cpu",))
+            cfg.trainer.precision = choice.precision
+            print_choice(choice)
         if cfg.trainer.accelerator in (None, "auto") and not _cuda_available():
             cfg.trainer.accelerator = "cpu"
         from vidlit.predictions import fill_run_from_ckpt
