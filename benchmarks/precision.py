@@ -18,8 +18,8 @@ from benchmarks._common import alternate, machine_line, memory_batches, plain_lo
 
 GOAL = ">= 1.8"
 #: (backbone, batch, frames, size, timed steps): the demo backbone at the demo's clip size and r3d_18
-#: at its native size; small batches because a CPU without native bf16 (AVX2 only, as here) runs
-#: bf16 convolutions about 30x slower than fp32
+#: at its native size; small batches because a CPU without native bf16 (AVX2 only) runs bf16
+#: convolutions 30 to 60x slower than fp32 (vidlit.precision picks fp32 there)
 CASES = {"tiny3d": ("tiny3d", 6, 8, 64, 2), "r3d_18": ("r3d_18", 1, 16, 112, 1)}
 
 
@@ -46,6 +46,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     print(machine_line())
+    from vidlit.precision import detect
+
+    # what `fit` would choose here (bf16-mixed on CUDA and on CPUs with AVX-512 BF16/AMX, else fp32)
+    print(f"# detected: default {detect().line('')}", flush=True)
     cases = {k: CASES[k] for k in a.cases}
     if a.quick:
         cases, a.reps, a.warmup = {"tiny3d": ("tiny3d", 4, 4, 32, 2)}, 1, 1

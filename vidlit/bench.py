@@ -4,7 +4,7 @@ Each NAME runs ``benchmarks/NAME.py``'s ``main(argv)`` from the repository check
 was installed from (the benchmarks are not part of the installed package). ``all`` runs every
 benchmark in turn with its default options (plus ``--quick``, a tiny smoke run, when given). Figures
 are medians of ratios measured side by side in one run (``RATIO ...`` lines for loop, precision,
-ddp and demo; loader and strategies print their own tables).
+ddp, demo and infer; loader and strategies print their own tables).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import sys
 from types import ModuleType
 from typing import Optional, Sequence
 
-NAMES = ("loop", "loader", "strategies", "precision", "ddp", "demo", "defaults_search")
+NAMES = ("loop", "loader", "strategies", "precision", "ddp", "demo", "defaults_search", "infer")
 #: what ``--quick`` (a tiny smoke run) means for the benchmarks that have no ``--quick`` of their own
 QUICK = {
     "loader": ["--reps", "1", "--epochs_per_rep", "1", "--workers", "1", "--videos_per_class", "1", "--seconds", "1",
