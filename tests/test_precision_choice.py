@@ -57,6 +57,11 @@ def test_fit_uses_and_prints_the_choice(tiny_root, tmp_path, capsys, monkeypatch
     assert [ln for ln in err.splitlines() if ln.startswith("vidlit: precision")] == [f"vidlit: precision {want} ({precision.reason(want, False, flags)}; --trainer.precision to change)"]
     with open(os.path.join(run_dir, "config.yaml")) as fh:
         assert yaml.safe_load(fh)["trainer"]["precision"] == want  # the run's config says what it ran with
+    # inference chooses the same way (the checkpoint's run settings carry no precision)
+    cli = run_cli(["test", "--data.root", tiny_root, "--ckpt_path", os.path.join(run_dir, "checkpoints", "last.ckpt"),
+                   "--trainer.enable_progress_bar", "false", "--data.num_workers", "0"])
+    assert cli.trainer.precision == want
+    assert f"vidlit: precision {want} (" in capsys.readouterr().err
 
 
 def test_a_given_precision_is_kept_and_not_announced(tiny_root, tmp_path, capsys, monkeypatch):

@@ -348,7 +348,10 @@ def _bool(text: str) -> bool:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = _Parser(prog="python -m vidlit export", description=__doc__.split("\n\n")[0].split(": ", 1)[-1])
+    p = _Parser(prog="python -m vidlit export",
+                description="Write a vidlit checkpoint as a self-contained TorchScript or ONNX model (uint8 clips "
+                            "(B, C, T, H, W) in, logits out; normalisation inside) and model.json (class names, clip "
+                            "length, stride, size, mean/std).")
     p.add_argument("--ckpt_path", required=True, help="a checkpoint of `python -m vidlit fit` (RUN/checkpoints/*.ckpt)")
     p.add_argument("--format", default="torchscript", help=f"{' or '.join(FORMATS)} (default torchscript)")
     p.add_argument("--out", default=None, help="folder to write into (default: RUN/export, RUN the checkpoint's run folder)")
