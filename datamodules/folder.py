@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 from vidlit.data import synthetic
 from vidlit.data.datamodule import MultiDomainDataModule, register_datamodule
+from vidlit.data.masks import is_mask_file
 from vidlit.data.records import DataError, VideoRecord
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
@@ -59,7 +60,7 @@ class FolderDataModule(MultiDomainDataModule):
                     path = os.path.join(cdir, name)
                     if name.lower().endswith(VIDEO_EXTENSIONS):
                         records.append(VideoRecord(path=path, label=cls, domain=domain))
-                    elif not name.startswith("."):
+                    elif not name.startswith(".") and not is_mask_file(name):  # masks: vidlit.data.masks
                         ignored.append(path)
         if ignored:
             log.warning("ignored %d file(s) without a video extension %s, e.g. %s", len(ignored), VIDEO_EXTENSIONS, ignored[0])

@@ -71,14 +71,16 @@ COMMANDS = (
     ("report", "tables of the results.json files under a folder (DomainBed style)"),
     ("bench", "measure data loading and training speed"),
     ("export", "write a checkpoint as a TorchScript or ONNX model that takes uint8 clips (--ckpt_path CKPT)"),
+    ("explain", "Grad-CAM saliency over space and time of a checkpoint on clips: mp4, PNG strips, per-frame curves"),
 )
 #: commands that are a module of their own: ``python -m vidlit NAME ...`` calls ``vidlit.NAME.main(argv)``
-MODULE_COMMANDS = ("sweep", "report", "bench", "export")
+MODULE_COMMANDS = ("sweep", "report", "bench", "export", "explain")
 
 #: callbacks with a flag group of their own, ``--KEY.ARG`` (LightningCLI's ``add_lightning_class_args``,
 #: as ``--checkpoint.*``): ``(KEY, "module:Class")``, added to the Trainer of every subcommand. A class
 #: whose defaults do nothing costs nothing; its arguments are typed and documented like a strategy's.
 CALLBACK_GROUPS: tuple[tuple[str, str], ...] = (
+    ("saliency", "vidlit.saliency:ForegroundShare"),
 )
 
 

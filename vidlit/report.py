@@ -48,7 +48,7 @@ IGNORED = {
     "trainer.enable_autolog_hparams", "trainer.log_every_n_steps", "data.num_workers", "data.cache_dir",
     "checkpoint.dirpath", "checkpoint.verbose", "weights_only", "config", "print_config",
 }
-IGNORED_PREFIXES = ("wandb.",)
+IGNORED_PREFIXES = ("wandb.", "saliency.")  # saliency: a diagnostic after testing, not what is trained
 #: shown in every table's "Settings" line (when present)
 SUMMARY_KEYS = ("model.backbone", "trainer.max_epochs", "data.size", "data.num_frames", "data.frame_stride", "data.num_clips", "data.root")
 ALIASES = {"backbone": "model.backbone", "epochs": "trainer.max_epochs", "max_epochs": "trainer.max_epochs"}
@@ -279,8 +279,14 @@ def select(runs: list[dict]) -> dict[tuple, dict]:
         best = _best(cands)
         oracles = [r["oracle_test_acc"] for r in cands if r.get("oracle_test_acc") is not None]
         chosen[key] = {"test": best["test_acc"], "val": best.get("val_acc"), "oracle": max(oracles) if oracles else None,
-                       "dir": best["_dir"], "draws": len(cands)}
+                       "dir": best["_dir"], "draws": len(cands), "fg": _foreground(best)}
     return chosen
+
+
+def _foreground(res: dict) -> Optional[float]:
+    """The run's foreground share (vidlit.saliency), averaged over its target domains; None without."""
+    vals = [v for v in (res.get("foreground_share") or {}).values() if v is not None]
+    return sum(vals) / len(vals) if vals else None
 
 
 def mean_se(values: Sequence[float]) -> tuple[Optional[float], Optional[float], int]:
@@ -311,10 +317,13 @@ def group_tables(chosen: dict[tuple, dict]) -> dict[str, Any]:
     targets = sorted({k[1] for k in keys})
     strategies = sorted({k[0] for k in keys}, key=_row_order)
     tables: dict[str, dict] = {"training-domain validation": {}, "oracle": {}, "in vs out of domain": {}}
+    with_fg = any(c.get("fg") is not None for c in chosen.values())
+    if with_fg:
+        tables["foreground share"] = {}
     for s in strategies:
         seeds = sorted({k[2] for k in keys if k[0] == s}, key=str)
         per = {t: {seed: chosen.get((s, t, seed)) for seed in seeds} for t in targets}
-        for name, field in (("training-domain validation", "test"), ("oracle", "oracle")):
+        for name, field in (("training-domain validation", "test"), ("oracle", "oracle")) + ((("foreground share", "fg"),) if with_fg else ()):
             row = {t: mean_se([c[field] for c in per[t].values() if c is not None]) for t in targets}
             avgs = []
             for seed in seeds:
@@ -340,6 +349,8 @@ TITLES = {
     "training-domain validation": "Model selection: training-domain validation (test accuracy on the held-out domain)",
     "oracle": "Model selection: oracle, an UPPER BOUND (selected on the held-out domain itself; not a fair comparison)",
     "in vs out of domain": "In-domain vs out-of-domain accuracy (training-domain validation)",
+    "foreground share": "Foreground share (%): Grad-CAM mass inside the moving object's mask on the held-out domain "
+                        "(training-domain validation checkpoint; low = the model looks at the background; vidlit.saliency)",
 }
 
 

@@ -230,8 +230,16 @@ def build_results(
         # videos left out before training by --data.on_bad_video skip, per split (bad_videos: training
         # clips replaced later, when a video failed to decode mid-run)
         "skipped_videos": datamodule.skipped_counts() if hasattr(datamodule, "skipped_counts") else {},
+        # Grad-CAM mass inside the object mask per target domain (vidlit.saliency; null without masks)
+        **_saliency_results(trainer),
         "history": history,
     }
+
+
+def _saliency_results(trainer: pl.Trainer) -> dict:
+    from vidlit.saliency import saliency_results
+
+    return saliency_results(trainer)
 
 
 def write_results(run_dir: str, results: dict) -> str:
@@ -333,4 +341,7 @@ def print_table(results: dict, path: str) -> None:
     if any((results.get("skipped_videos") or {}).values()):
         counts = ", ".join(f"{k} {v}" for k, v in results["skipped_videos"].items())
         console.print(f"unreadable videos left out (--data.on_bad_video skip): {counts}")
+    if results.get("foreground_share"):
+        share = ", ".join(f"{d} {'-' if v is None else f'{100 * v:.1f}%'}" for d, v in results["foreground_share"].items())
+        console.print(f"foreground share (Grad-CAM mass inside the object mask): {share}")
     console.print(f"results: {path}")

@@ -91,25 +91,38 @@ class ClipTransform:
 
     def __call__(self, frames: torch.Tensor, rng: Optional[np.random.Generator]) -> tuple[torch.Tensor, bool]:
         """frames (T, C, H, W) uint8 -> ((T, C, size, size) uint8, flipped)."""
-        if not (self.train and rng is not None):
-            return self.crops(frames, [0.5])[0], False
-        h, w = frames.shape[-2:]
+        out, _, flipped = self.apply(frames, rng)
+        return out, flipped
+
+    def apply(
+        self, frames: torch.Tensor, rng: Optional[np.random.Generator], mask: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor], bool]:
+        """As :meth:`__call__`, and ``mask`` ((T, H, W) uint8 in {0, 1}, e.g. the object's) taken
+        through the same resize, crop and flip (as a fourth channel, thresholded at one half; the
+        frames come out as they would without it): ``(frames, mask or None, flipped)``."""
+        nc = frames.shape[1]
+        x = frames if mask is None else torch.cat([frames, mask[:, None].to(frames.dtype) * 255], 1)
         flipped = False
-        area = h * w * rng.uniform(*self.scale)
-        ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
-        ch = int(round(min(h, np.sqrt(area / ratio))))
-        cw = int(round(min(w, np.sqrt(area * ratio))))
-        top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-        frames = TF.resized_crop(frames, top, left, ch, cw, [self.size, self.size], antialias=True)
-        if self.flip and rng.random() < 0.5:
-            frames, flipped = frames.flip(-1), True
-        if self.jitter > 0:
+        if not (self.train and rng is not None):
+            x = self.crops(x, [0.5])[0]
+        else:
+            h, w = x.shape[-2:]
+            area = h * w * rng.uniform(*self.scale)
+            ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+            ch = int(round(min(h, np.sqrt(area / ratio))))
+            cw = int(round(min(w, np.sqrt(area * ratio))))
+            top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            x = TF.resized_crop(x, top, left, ch, cw, [self.size, self.size], antialias=True)
+            if self.flip and rng.random() < 0.5:
+                x, flipped = x.flip(-1), True
+        out, m = (x, None) if mask is None else (x[:, :nc], (x[:, nc] >= 128).to(torch.uint8))
+        if self.train and rng is not None and self.jitter > 0:
             b = 1 + rng.uniform(-self.jitter, self.jitter)
             c = 1 + rng.uniform(-self.jitter, self.jitter)
-            f = frames.float() * b
+            f = out.float() * b
             mean = f.mean()
-            frames = ((f - mean) * c + mean).clamp(0, 255).to(torch.uint8)
-        return frames, flipped
+            out = ((f - mean) * c + mean).clamp(0, 255).to(torch.uint8)
+        return out, m, flipped
 
     def crops(self, frames: torch.Tensor, positions: Sequence[float]) -> list[torch.Tensor]:
         """Evaluation crops: frames (T, C, H, W) uint8 resized once (short side -> ``size``), then
@@ -129,7 +142,9 @@ class ClipDataset(Dataset):
     """Clips from ``records``. Items are dicts: ``video`` (C, T, H, W) uint8 -- or, with
     ``views=(clips, crops)`` other than (1, 1), (V, C, T, H, W) with V = clips x crops, clip-major
     -- ``label``, ``domain`` (index into ``domains``), ``index`` (record index) and ``bad`` (1 if a
-    bad file was replaced). T = ``num_clips * num_frames``.
+    bad file was replaced). T = ``num_clips * num_frames``. Evaluation datasets (single view) whose
+    every video has a sidecar object mask (:mod:`vidlit.data.masks`) also give ``mask`` (T, H, W)
+    uint8: the same frames, resized and cropped as ``video``; ``masks=False`` leaves it out.
 
     Training samplers pass ``(index, epoch)`` pairs so each sample's randomness is reproducible;
     ``stream`` separates the random streams of datasets sharing a seed (e.g. source and target).
@@ -152,6 +167,7 @@ class ClipDataset(Dataset):
         num_clips: int = 1,
         views: tuple[int, int] = (1, 1),
         stream: int = 0,
+        masks: Optional[bool] = None,
     ) -> None:
         self.records = list(records)
         self.classes, self.domains = list(classes), list(domains)
@@ -169,6 +185,7 @@ class ClipDataset(Dataset):
         self.decode = decode
         self.labels = np.array([self.class_index[r.label] for r in self.records], dtype=np.int64)
         self.domain_ids = np.array([self.domain_index[r.domain] for r in self.records], dtype=np.int64)
+        self.masks = bool(masks is not False and not train and self.views == (1, 1) and self.records and _all_masks(self.records))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -213,11 +230,26 @@ class ClipDataset(Dataset):
             # (clips, T, C, H, W) -> V x (T, C, S, S) -> (V, C, T, S, S)
             video = torch.stack([c for clip in frames for c in self.transform.crops(clip, crops)]).permute(0, 2, 1, 3, 4)
         else:
-            out, flipped = self.transform(frames, rng)
+            mask = self._mask(i, frames.shape[-2:]) if self.masks else None
+            out, mask, flipped = self.transform.apply(frames, rng, mask)
             if flipped:
                 label = self.flip_label_map.get(label, label)
             video = out.permute(1, 0, 2, 3)  # (C, T, H, W)
-        return {"video": video.contiguous(), "label": label, "domain": int(self.domain_ids[i]), "index": i, "bad": bad}
+        item = {"video": video.contiguous(), "label": label, "domain": int(self.domain_ids[i]), "index": i, "bad": bad}
+        if self.masks:
+            item["mask"] = mask.contiguous()
+        return item
+
+    def _mask(self, i: int, hw: Sequence[int]) -> torch.Tensor:
+        """The sidecar mask of record ``i`` at the frames of its evaluation clip, (T, H, W) uint8."""
+        from vidlit.data.masks import read_mask
+
+        full = read_mask(self.records[i].path)
+        idx = np.minimum(self._indices(i, None, [0.5])[0], len(full) - 1)
+        mask = torch.from_numpy(full[idx])
+        if tuple(mask.shape[-2:]) != tuple(hw):  # a mask stored at another size than the video
+            mask = TF.resize(mask, list(hw), interpolation=TF.InterpolationMode.NEAREST)
+        return mask
 
     def _replacement(self, i: int, epoch: int, err: Exception) -> tuple[torch.Tensor, int, int]:
         """Another clip of the same domain and class (deterministic), for on_bad_video=skip."""
@@ -232,6 +264,13 @@ class ClipDataset(Dataset):
             except VideoDecodeError as err2:
                 log.warning("skipping bad video: %s", err2)
         raise VideoDecodeError(f"{err}; and no other readable video of the same domain and class to replace it")
+
+
+def _all_masks(records: Sequence[VideoRecord]) -> bool:
+    """Whether every video has a sidecar mask (only the first is looked at when it has none)."""
+    from vidlit.data.masks import has_mask
+
+    return all(r.kind == "video" and has_mask(r.path) for r in records)
 
 
 def decode_record(rec: VideoRecord, indices: np.ndarray) -> np.ndarray:

@@ -14,7 +14,9 @@ texture    random stripes / checkerboard background, random object colour
 
 The set is deterministic from ``seed`` and is written once to
 ``<cache>/synthetic-v2-s<seed>-n<videos_per_class>-<size>px`` in the folder layout
-``<domain>/<class>/<video>.mp4``, then reused.
+``<domain>/<class>/<video>.mp4``, then reused. Beside each video, ``<video>.mask.npz`` holds the
+object's mask in every frame (:mod:`vidlit.data.masks`; a set written before masks existed gets
+them added on its next use, without rewriting its videos).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from vidlit.data.masks import write_mask
 from vidlit.data.video_io import write_video
 
 DOMAINS = ("clean", "colour", "shaky", "texture")
@@ -92,8 +95,11 @@ def _box_blur(img: np.ndarray) -> np.ndarray:
     return sum(pad[i : i + img.shape[0], j : j + img.shape[1]] for i in range(3) for j in range(3)) / 9.0
 
 
-def render_video(domain: str, cls: str, rng: np.random.Generator, frames: int = 16, size: int = 64) -> np.ndarray:
-    """One clip, (T, H, W, 3) uint8."""
+def render_video(
+    domain: str, cls: str, rng: np.random.Generator, frames: int = 16, size: int = 64, with_mask: bool = False
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """One clip, (T, H, W, 3) uint8; ``with_mask``: also the object's mask (T, H, W) uint8 in
+    {0, 1} (moved with the camera shake; the same random draws, so the same clip)."""
     r = rng.uniform(4.5, 7.5) * size / 64
     traj = _trajectory(cls, rng, frames, size, r)
     bg = _background(domain, rng, size)
@@ -101,6 +107,7 @@ def render_video(domain: str, cls: str, rng: np.random.Generator, frames: int = 
     square = rng.random() < 0.5
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     out = np.empty((frames, size, size, 3), np.uint8)
+    masks = np.zeros((frames, size, size), np.uint8)
     shake = np.zeros(2)
     for t, (cy, cx) in enumerate(traj):
         mask = (np.maximum(abs(yy - cy), abs(xx - cx)) <= r) if square else ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r)
@@ -108,9 +115,11 @@ def render_video(domain: str, cls: str, rng: np.random.Generator, frames: int = 
         if domain == "shaky":
             shake = np.clip(shake + rng.normal(0, 0.8, 2), -2, 2)
             img = np.roll(img, tuple(np.round(shake).astype(int)), axis=(0, 1))
+            mask = np.roll(mask, tuple(np.round(shake).astype(int)), axis=(0, 1))
             img = _box_blur(img) + rng.normal(0, 15, img.shape)
         out[t] = np.clip(img, 0, 255).astype(np.uint8)
-    return out
+        masks[t] = mask
+    return (out, masks) if with_mask else out
 
 
 def synthetic_root(seed: int = 0, videos_per_class: int = 32, size: int = 64, cache_dir: Optional[str] = None) -> str:
@@ -132,11 +141,13 @@ def generate(
 
     root = synthetic_root(seed, videos_per_class, size, cache_dir)
     marker = os.path.join(root, "vidlit_synthetic.json")
-    if os.path.isfile(marker):
+    if os.path.isfile(marker) and _has_masks(marker):
         return root
     os.makedirs(os.path.dirname(root), exist_ok=True)
     with FileLock(root + ".lock"):
         if os.path.isfile(marker):  # another process finished it while we waited
+            if not _has_masks(marker):  # written before masks existed: add them, the videos stay
+                _add_masks(root, marker, seed, frames, size)
             return root
         tmp = root + ".partial"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -145,14 +156,40 @@ def generate(
             for ci, cls in enumerate(classes):
                 for vi in range(videos_per_class):
                     rng = np.random.default_rng([seed, di, ci, vi])
-                    clip = render_video(domain, cls, rng, frames, size)
+                    clip, mask = render_video(domain, cls, rng, frames, size, with_mask=True)
                     write_video(os.path.join(tmp, domain, cls, f"{domain}_{cls}_{vi:03d}.mp4"), clip)
+                    write_mask(os.path.join(tmp, domain, cls, f"{domain}_{cls}_{vi:03d}.mp4"), mask)
                     done += 1
                     if progress:
                         progress(done, total)
         with open(os.path.join(tmp, "vidlit_synthetic.json"), "w") as fh:
             json.dump({"version": VERSION, "seed": seed, "videos_per_class": videos_per_class, "size": size,
-                       "frames": frames, "domains": list(domains), "classes": list(classes)}, fh, indent=1)
+                       "frames": frames, "domains": list(domains), "classes": list(classes), "masks": True}, fh, indent=1)
         shutil.rmtree(root, ignore_errors=True)
         os.replace(tmp, root)
     return root
+
+
+def _has_masks(marker: str) -> bool:
+    try:
+        with open(marker) as fh:
+            return bool(json.load(fh).get("masks"))
+    except (OSError, ValueError):
+        return False
+
+
+def _add_masks(root: str, marker: str, seed: int, frames: int, size: int) -> None:
+    """Write the mask of every video of a set generated before masks existed (rendered again from
+    the same seeds: the same clips), then mark the set as having them. Caller holds the lock."""
+    with open(marker) as fh:
+        meta = json.load(fh)
+    frames, size = int(meta.get("frames", frames)), int(meta.get("size", size))
+    for di, domain in enumerate(meta.get("domains", DOMAINS)):
+        for ci, cls in enumerate(meta.get("classes", CLASSES)):
+            for vi in range(int(meta.get("videos_per_class", 0))):
+                _, mask = render_video(domain, cls, np.random.default_rng([int(meta.get("seed", seed)), di, ci, vi]), frames, size, with_mask=True)
+                write_mask(os.path.join(root, domain, cls, f"{domain}_{cls}_{vi:03d}.mp4"), mask)
+    meta["masks"] = True
+    with open(marker + ".tmp", "w") as fh:
+        json.dump(meta, fh, indent=1)
+    os.replace(marker + ".tmp", marker)
