@@ -81,6 +81,7 @@ MODULE_COMMANDS = ("sweep", "report", "bench", "export", "explain")
 #: whose defaults do nothing costs nothing; its arguments are typed and documented like a strategy's.
 CALLBACK_GROUPS: tuple[tuple[str, str], ...] = (
     ("saliency", "vidlit.saliency:ForegroundShare"),
+    ("average", "vidlit.averaging:WeightAveraging"),
 )
 
 
@@ -306,6 +307,15 @@ class VidlitCLI(LightningCLI):
                 print(f"vidlit: training had finished ({self.finished_checkpoint}); testing the best checkpoint and writing results")
         else:
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        from vidlit.averaging import find as find_averaging
+
+        averaging = find_averaging(trainer)  # --average.method swad|ema: the averaged model is the best checkpoint
+        if averaging is not None:
+            ckpt_dir = getattr(trainer.checkpoint_callback, "dirpath", None) or os.path.join(self.run_dir, "checkpoints")
+            if self.finished_checkpoint is None:
+                best = averaging.finalize(trainer, self.model, self.datamodule, ckpt_dir) or best
+            else:
+                best = averaging.resume(ckpt_dir) or best
         trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
         meta = {
             "strategy": self.strategy_name,
@@ -316,6 +326,8 @@ class VidlitCLI(LightningCLI):
             "wall_time_s": self.wall_clock.update(),
         }
         results = build_results(trainer, self.model, self.datamodule, self.history.history, best, meta)
+        if averaging is not None:
+            results.update(averaging.summary or {"average": {"method": averaging.method, "interrupted": True}})
         if trainer.is_global_zero:
             path = write_results(self.run_dir, results)
             from vidlit.sweep import record_wandb_agent_run
