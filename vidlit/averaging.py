@@ -123,11 +123,21 @@ class SwadWindow:
         self.buffer: deque = deque()  # (index, loss, payload): before the start the last N_s, after it the unconfirmed
 
     def _admit(self) -> list:
-        """After the start: confirm buffered segments (a loss <= threshold confirms it and all before)."""
+        """After the start: walk the unconfirmed segments in order; a loss <= threshold confirms it
+        and every one before it, ``N_e`` in a row above the threshold end the window at the first."""
         out: list = []
-        last_ok = max((k for k, (_, loss, _) in enumerate(self.buffer) if loss <= self.threshold), default=-1)
-        for _ in range(last_ok + 1):
-            out.append(self.buffer.popleft())
+        pending: list = []
+        for entry in list(self.buffer):
+            if entry[1] <= self.threshold:
+                out += pending + [entry]
+                pending = []
+            else:
+                pending.append(entry)
+                if len(pending) >= self.overfit_patience:
+                    self.end = pending[0][0]
+                    self.buffer.clear()
+                    return out
+        self.buffer = deque(pending)
         return out
 
     def _begin(self, k: int) -> list:
@@ -155,9 +165,6 @@ class SwadWindow:
             out = self._begin(0)
         else:
             out = self._admit()
-        if len(self.buffer) >= self.overfit_patience:  # N_e in a row above the threshold: the window ends
-            self.end = self.buffer[0][0]
-            self.buffer.clear()
         return [p for _, _, p in out]
 
     def finish(self) -> list:
@@ -173,8 +180,10 @@ class SwadWindow:
             losses = [l for _, l, _ in self.buffer]
             k = next(k for k in range(len(losses)) if losses[k] <= min(losses[k:]))
             out = self._begin(k)
-        out += self._admit()
-        self.end = self.buffer[0][0] if self.buffer else len(self.losses)
+        if self.end is None:
+            out += self._admit()
+        if self.end is None:  # what is left is above the threshold up to the end
+            self.end = self.buffer[0][0] if self.buffer else len(self.losses)
         self.buffer.clear()
         return [p for _, _, p in out]
 
