@@ -21,3 +21,6 @@ def _isolated_env(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("VIDLIT_CACHE", str(tmp_path_factory.getbasetemp() / "vidlit-user-cache"))
     monkeypatch.delenv("VIDLIT_RUN_DIR", raising=False)
     monkeypatch.setenv("VIDLIT_OFFLINE", "1")  # no test downloads published weights
+    # fp32 whatever the CPU (bf16-mixed is the default on CPUs with AVX-512 BF16/AMX): the same numerics
+    # on every CI machine; tests/test_precision_choice.py removes it to test the detected default
+    monkeypatch.setenv("VIDLIT_PRECISION", os.environ.get("VIDLIT_TEST_PRECISION", "32-true"))

@@ -11,6 +11,20 @@ from vidlit import precision
 from vidlit.precision import default_precision, detect
 
 
+
+@pytest.fixture(autouse=True)
+def _detected(monkeypatch):
+    """These tests are about the detected default: without the suite's pinned VIDLIT_PRECISION."""
+    monkeypatch.delenv("VIDLIT_PRECISION", raising=False)
+
+
+def test_vidlit_precision_overrides_the_detection(monkeypatch):
+    monkeypatch.setenv("VIDLIT_PRECISION", "32-true")
+    choice = detect(use_cuda=False, flags={"avx512_bf16"})
+    assert choice.precision == "32-true" and "VIDLIT_PRECISION=32-true" in choice.line()
+    monkeypatch.delenv("VIDLIT_PRECISION")
+    assert detect(use_cuda=False, flags={"avx512_bf16"}).precision == "bf16-mixed"
+
 @pytest.mark.parametrize("flags, cuda, cuda_bf16, want", [
     ({"avx2", "avx512f", "avx512_vnni"}, False, True, "32-true"),  # AVX-512 without BF16: fp32
     ({"avx2"}, False, True, "32-true"),

@@ -56,7 +56,11 @@ def test_filters_are_narrow():
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning)
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", UserWarning)  # other category: kept
         warnings.warn("You have overridden `on_after_batch_transfer` in both `LightningModule` and `LightningDataModule`.")
-    assert [str(w.message)[:30] for w in caught] == ["`isinstance(treespec, LeafSpec", "You have overridden `on_after_"]
+        # the summary's size estimate under bf16-mixed (the default on bf16 CPUs): dropped; another precision's kept
+        warnings.warn("Precision bf16-mixed is not supported by the model summary.  Estimated model size ...", UserWarning)
+        warnings.warn("Precision transformer-engine is not supported by the model summary.", UserWarning)
+    assert [str(w.message)[:30] for w in caught] == ["`isinstance(treespec, LeafSpec", "You have overridden `on_after_",
+                                                     "Precision transformer-engine i"]
 
 
 def test_model_summary_has_no_flops_on_a_terminal_or_in_a_file(monkeypatch, capsys):

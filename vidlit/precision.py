@@ -25,6 +25,9 @@ from typing import Iterable, Optional
 NATIVE_BF16_FLAGS: dict[str, str] = {"avx512_bf16": "AVX-512 BF16", "amx_bf16": "AMX"}
 
 BF16, FP32 = "bf16-mixed", "32-true"
+#: a machine-wide default instead of the detected one (a cluster's job script; the test suite pins
+#: fp32 so its results do not depend on the CPU it runs on); ``--trainer.precision`` still wins
+PRECISION_ENV = "VIDLIT_PRECISION"
 
 
 def default_precision(cuda: bool, cpu_flags: Iterable[str], cuda_bf16: bool = True) -> str:
@@ -103,7 +106,11 @@ class Choice:
 
 def detect(use_cuda: Optional[bool] = None, flags: Optional[Iterable[str]] = None) -> Choice:
     """The default precision for this machine. ``use_cuda``: whether the run uses a CUDA device
-    (default: whether one is available); ``flags``: the CPU flags (default: :func:`cpu_flags`)."""
+    (default: whether one is available); ``flags``: the CPU flags (default: :func:`cpu_flags`).
+    ``$VIDLIT_PRECISION``, when set, is the answer."""
+    forced = os.environ.get(PRECISION_ENV, "").strip()
+    if forced:
+        return Choice(forced, f"{PRECISION_ENV}={forced}", bool(use_cuda), frozenset())
     if use_cuda is None:
         import torch
 

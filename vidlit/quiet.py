@@ -23,6 +23,9 @@ import warnings
 WARNINGS = (
     (FutureWarning, "`isinstance(treespec, LeafSpec)` is deprecated"),
     (UserWarning, "You have overridden `on_after_batch_transfer` in `LightningModule` but have passed in a `LightningDataModule`"),
+    # the model summary's size estimate under mixed precision (the default on bf16 hardware): nothing to act on
+    (UserWarning, "Precision bf16-mixed is not supported by the model summary"),
+    (UserWarning, "Precision 16-mixed is not supported by the model summary"),
 )
 #: start of Lightning info lines dropped (the litlogger tip; no TPU; the stepping-batches estimate)
 LOG_LINES = (
