@@ -3,7 +3,7 @@ measured side by side in one process.
 
 Every strategy trains on the same pre-made in-memory batches (normalised float clips already on the
 device, every source domain in every batch), so the numbers measure the strategy (loss, backward,
-optimizer step), not decoding. Each rep times ``--steps`` optimizer steps of every strategy in turn
+optimizer step; the rows erm+ema and erm+swad add the per-step update of --average.method ema|swad), not decoding. Each rep times ``--steps`` optimizer steps of every strategy in turn
 (the order rotates between reps); a strategy's ratio is the median over reps of its time divided by
 erm's time in the same rep, so slow drifts of a shared machine cancel out. On CPU the clock is the
 process's CPU time (``--clock cpu``), which other processes on the machine barely disturb.
@@ -37,7 +37,12 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], Optional[float]]] = {
     "mldg-second": ("mldg", {"order": "second"}, 3.0),
     "groupdro": ("groupdro", {}, None),
     "fish": ("fish", {}, None),
+    # weight averaging (--average.method, vidlit/averaging.py) on erm: the per-step update of the average
+    "erm+ema": ("erm", {}, 1.10),
+    "erm+swad": ("erm", {}, 1.10),
 }
+#: label -> --average.method of the rows that average weights after every optimizer step
+AVERAGING = {"erm+ema": "ema", "erm+swad": "swad"}
 
 
 def make_batches(n: int, batch_size: int, num_domains: int, num_classes: int, frames: int, size: int, device: torch.device, seed: int = 0) -> list[dict]:
@@ -72,9 +77,14 @@ class _Runner:
     """One strategy's training steps; its step counter gives fresh random draws each step (as
     ``global_step`` does in a real run)."""
 
-    def __init__(self, model, opt, batches: list[dict]) -> None:
+    def __init__(self, model, opt, batches: list[dict], average: Optional[str] = None) -> None:
         self.model, self.opt, self.batches, self.step = model, opt, batches, 0
         model.step_generator = self._generator
+        self.averaging = None
+        if average:
+            from vidlit.averaging import WeightAveraging
+
+            self.averaging = WeightAveraging(average)
 
     def _generator(self) -> torch.Generator:
         return torch.Generator().manual_seed(self.step)
@@ -87,12 +97,15 @@ class _Runner:
             loss.backward()
             self.opt.step()
             self.step += 1
+            if self.averaging is not None:  # what the callback does after every optimizer step
+                self.averaging.update(self.model, self.step)
 
 
 def measure(labels: Sequence[str], args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     batches = make_batches(args.num_batches, args.batch_size, args.num_domains, args.num_classes, args.frames, args.size, device)
-    runners = {lab: _Runner(*build(lab, args.backbone, args.num_classes, args.num_domains, device, args.lr), batches) for lab in labels}
+    runners = {lab: _Runner(*build(lab, args.backbone, args.num_classes, args.num_domains, device, args.lr), batches, AVERAGING.get(lab))
+               for lab in labels}
     for r in runners.values():
         r.run(args.warmup)
     times: dict[str, list[float]] = {lab: [] for lab in labels}
