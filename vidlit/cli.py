@@ -82,6 +82,7 @@ MODULE_COMMANDS = ("sweep", "report", "bench", "export", "explain")
 CALLBACK_GROUPS: tuple[tuple[str, str], ...] = (
     ("saliency", "vidlit.saliency:ForegroundShare"),
     ("average", "vidlit.averaging:WeightAveraging"),
+    ("bgmix", "vidlit.bgmix:BackgroundMix"),
 )
 
 
