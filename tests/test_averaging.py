@@ -136,7 +136,10 @@ def test_swad_through_fit_reports_and_tests_the_averaged_model(tiny_root, tmp_pa
     s, e = avg["window"]
     assert avg["n_averaged"] == steps[e - 1] - (steps[s - 1] if s > 0 else 0)  # every step of the window
     ckpts = os.path.join(run_dir, "checkpoints")
-    averaged = torch.load(os.path.join(ckpts, AVERAGED_CHECKPOINT), map_location="cpu", weights_only=True)["state_dict"]
+    averaged_ckpt = torch.load(os.path.join(ckpts, AVERAGED_CHECKPOINT), map_location="cpu", weights_only=True)
+    assert averaged_ckpt["vidlit_run"]["strategy"] == "erm" and "class_names" in str(averaged_ckpt["vidlit"])  # predict/export
+    assert "callbacks" not in averaged_ckpt and "optimizer_states" not in averaged_ckpt  # weights only
+    averaged = averaged_ckpt["state_dict"]
     last = torch.load(os.path.join(ckpts, "last.ckpt"), map_location="cpu", weights_only=True)
     state = last["callbacks"]["WeightAveraging"]
     assert state["method"] == "swad" and state["window"]["losses"] == pytest.approx(avg["losses"])

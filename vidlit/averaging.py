@@ -390,7 +390,14 @@ class WeightAveraging(Callback):
                     m.running_mean.copy_(trainer.strategy.reduce(m.running_mean.clone(), reduce_op="mean"))
                     m.running_var.copy_(trainer.strategy.reduce(m.running_var.clone(), reduce_op="mean"))
         path = os.path.join(checkpoint_dir, AVERAGED_CHECKPOINT)
-        trainer.save_checkpoint(path + ".tmp", weights_only=True)
+        # the weights (no optimizer, no callback states: no copy of the running average), plus what
+        # callbacks add to every checkpoint (class names, run names: predict/export need them)
+        from lightning.pytorch.trainer import call
+
+        checkpoint = trainer._checkpoint_connector.dump_checkpoint(weights_only=True)
+        call._call_callbacks_on_save_checkpoint(trainer, checkpoint)
+        trainer.strategy.save_checkpoint(checkpoint, path + ".tmp")
+        trainer.strategy.barrier("vidlit.averaging.save")
         if trainer.is_global_zero:
             os.replace(path + ".tmp", path)
         trainer.strategy.barrier("vidlit.averaging")
