@@ -124,10 +124,14 @@ class WandbMediaCallback(Callback):
       and target domain (test set), each captioned with its true class and the model's prediction
       on that clip (one view, even when testing averages several). The mp4 files are kept in
       ``<run_dir>/samples/``.
+    * ``saliency/<domain>``: the same clips with their Grad-CAM heat map (predicted class) overlaid
+      (:mod:`vidlit.saliency`), kept as ``<run_dir>/samples/<role>/<domain>-NN-cam.mp4``; the
+      caption adds the foreground share when the data has object masks.
     """
 
     def __init__(self, clips_per_domain: Optional[int] = None, fps: int = 4, min_size: int = 128) -> None:
         self.clips_per_domain, self.fps, self.min_size = clips_per_domain, fps, min_size
+        self.saliency_clips: dict[str, list[tuple[str, str]]] = {}  # set by sample_clips
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         from vidlit.loggers import wandb_loggers
@@ -152,6 +156,8 @@ class WandbMediaCallback(Callback):
                 continue
             for domain, clips in self.sample_clips(pl_module, dataset, k, classes, os.path.join(out, role)).items():
                 media[f"samples/{domain}"] = [wandb.Video(path, caption=caption, format="mp4") for path, caption in clips]
+            for domain, clips in self.saliency_clips.items():
+                media[f"saliency/{domain}"] = [wandb.Video(path, caption=caption, format="mp4") for path, caption in clips]
         if media:
             for logger in loggers:
                 logger.experiment.log(media)
@@ -175,13 +181,26 @@ class WandbMediaCallback(Callback):
             batch = module.on_after_batch_transfer({"video": video.to(module.device)}, 0)
             preds = module(batch["video"]).argmax(-1).cpu().tolist()
         module.train(was_training)
+        from vidlit.explain import overlay
+        from vidlit.saliency import explain_clips
+
+        sal = explain_clips(module, video, batch_size=8)  # Grad-CAM of the predicted classes
+        shares = sal.foreground_share(torch.stack([it["mask"] for it in items])).tolist() if "mask" in items[0] else None
         clips: dict[str, list[tuple[str, str]]] = {}
-        for item, pred in zip(items, preds):
+        self.saliency_clips: dict[str, list[tuple[str, str]]] = {}
+        for j, (item, pred) in enumerate(zip(items, preds)):
             domain = str(dataset.domains[item["domain"]])
             path = os.path.join(out_dir, f"{_safe(domain)}-{len(clips.get(domain, [])):02d}.mp4")
             write_video(path, _display_frames(item["video"], self.min_size), fps=self.fps)
             name = lambda c: classes[c] if c < len(classes) else str(c)  # noqa: E731
-            clips.setdefault(domain, []).append((path, f"true: {name(int(item['label']))} | pred: {name(int(pred))}"))
+            caption = f"true: {name(int(item['label']))} | pred: {name(int(pred))}"
+            clips.setdefault(domain, []).append((path, caption))
+            cam = overlay(item["video"].permute(1, 2, 3, 0).numpy(), sal.maps[j].numpy())
+            cam_path = path[: -len(".mp4")] + "-cam.mp4"
+            write_video(cam_path, _display_frames(torch.from_numpy(cam).permute(3, 0, 1, 2), self.min_size), fps=self.fps)
+            if shares is not None and not math.isnan(shares[j]):
+                caption += f" | foreground share: {100 * shares[j]:.0f}%"
+            self.saliency_clips.setdefault(domain, []).append((cam_path, caption))
         return clips
 
 

@@ -35,8 +35,9 @@ from vidlit.errors import VidlitError
 def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, Any]]:
     import yaml
 
-    p = argparse.ArgumentParser(prog="python -m vidlit explain", description=__doc__.split("\n\n")[0])
-    p.add_argument("videos", nargs="*", help="video files to explain (default: the run's target-domain clips)")
+    p = argparse.ArgumentParser(prog="python -m vidlit explain", usage="python -m vidlit explain --ckpt_path CKPT [options] [--data.KEY VALUE ...] [VIDEO ...]",
+                                description="Grad-CAM over space and time of a checkpoint: the run's target-domain clips "
+                                            "(--data.* overrides its data settings), or the VIDEO files given.")
     p.add_argument("--ckpt_path", required=True, help="a vidlit checkpoint, e.g. RUN/checkpoints/best-epoch=008.ckpt")
     p.add_argument("--out", help="output folder (default: RUN/eval/explain-<time>)")
     p.add_argument("--clips", type=int, default=4, help="clips per target domain (the classes in turn); default 4")
@@ -47,6 +48,7 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, Any]]:
     p.add_argument("--min_size", type=int, default=192, help="frames are enlarged to at least this many pixels")
     p.add_argument("--batch_size", type=int, default=4, help="clips per Grad-CAM pass")
     args, rest = p.parse_known_args(list(argv))
+    args.videos = []
     data: dict[str, Any] = {}
     i = 0
     while i < len(rest):

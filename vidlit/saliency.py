@@ -140,7 +140,7 @@ def grad_cam(
                         break
             if not candidates:
                 raise VidlitError(f"Grad-CAM: no stage of this backbone ({', '.join(names)}) gives a map over positions")
-            cls = logits.argmax(1) if target is None else target.to(logits.device).long()
+            cls = (logits.argmax(1) if target is None else target.to(logits.device).long()).clone()
             score = logits.gather(1, cls[:, None]).sum()
             flat = [raw for _, found in candidates for raw, _, _ in found]
             all_grads = list(torch.autograd.grad(score, flat, allow_unused=True))
