@@ -37,7 +37,10 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, Any]]:
 
     p = argparse.ArgumentParser(prog="python -m vidlit explain", usage="python -m vidlit explain --ckpt_path CKPT [options] [--data.KEY VALUE ...] [VIDEO ...]",
                                 description="Grad-CAM over space and time of a checkpoint: the run's target-domain clips "
-                                            "(--data.* overrides its data settings), or the VIDEO files given.")
+                                            "(--data.* overrides its data settings), or the VIDEO files given.",
+                                epilog="--data.KEY VALUE: any data option of the run's dataset format, e.g. --data.target_domains "
+                                       "'[shaky]', --data.root DIR, --data.size N, --data.num_frames N, --data.frame_stride N "
+                                       "(python -m vidlit fit --help lists them).")
     p.add_argument("--ckpt_path", required=True, help="a vidlit checkpoint, e.g. RUN/checkpoints/best-epoch=008.ckpt")
     p.add_argument("--out", help="output folder (default: RUN/eval/explain-<time>)")
     p.add_argument("--clips", type=int, default=4, help="clips per target domain (the classes in turn); default 4")
