@@ -32,7 +32,7 @@ def test_quick_in_process(name, capsys):
     assert "RATIO " in out and "[reps: " in out
 
 
-@pytest.mark.parametrize("name", ["loader", "strategies"])
+@pytest.mark.parametrize("name", ["loader", "strategies", "transfer_curve"])
 def test_quick_delegated(name, capsys):
     """Other benchmarks' own output formats: only that they run through the dispatcher."""
     assert bench.main([name, "--quick"]) == 0

@@ -14,7 +14,7 @@ import sys
 from types import ModuleType
 from typing import Optional, Sequence
 
-NAMES = ("loop", "loader", "strategies", "precision", "ddp", "demo", "defaults_search", "infer")
+NAMES = ("loop", "loader", "strategies", "precision", "ddp", "demo", "defaults_search", "transfer_curve", "infer")
 #: what ``--quick`` (a tiny smoke run) means for the benchmarks that have no ``--quick`` of their own
 QUICK = {
     "loader": ["--reps", "1", "--epochs_per_rep", "1", "--workers", "1", "--videos_per_class", "1", "--seconds", "1",

@@ -32,6 +32,9 @@ from vidlit.data.video_io import write_video
 
 DOMAINS = ("clean", "colour", "shaky", "texture")
 CLASSES = ("circle", "move_down", "move_left", "move_right", "move_up")
+#: other motion classes for a downstream task that the embedded set does not contain (the transfer
+#: experiment, benchmarks/transfer_curve.py): anticlockwise circles and the four diagonals
+OTHER_CLASSES = ("circle_ccw", "move_down_left", "move_down_right", "move_up_left", "move_up_right")
 VERSION = "v2"
 
 
@@ -50,13 +53,17 @@ def _trajectory(cls: str, rng: np.random.Generator, t: int, size: int, r: float)
     """(T, 2) centre positions (y, x) in pixels."""
     speed = rng.uniform(1.6, 2.6) * size / 64
     steps = np.arange(t)
-    if cls == "circle":
+    if cls in ("circle", "circle_ccw"):
         rad = rng.uniform(0.18, 0.28) * size
         cy, cx = rng.uniform(rad + r, size - rad - r, 2)
         phase = rng.uniform(0, 2 * np.pi)
-        ang = phase + steps * speed / rad  # clockwise on screen (y grows downwards)
+        turn = 1 if cls == "circle" else -1
+        ang = phase + turn * steps * speed / rad  # "circle": clockwise on screen (y grows downwards)
         return np.stack([cy + rad * np.sin(ang), cx + rad * np.cos(ang)], 1)
-    dy, dx = {"move_down": (1, 0), "move_up": (-1, 0), "move_left": (0, -1), "move_right": (0, 1)}[cls]
+    diagonal = 1 / np.sqrt(2)
+    dy, dx = {"move_down": (1, 0), "move_up": (-1, 0), "move_left": (0, -1), "move_right": (0, 1),
+              "move_down_left": (diagonal, -diagonal), "move_down_right": (diagonal, diagonal),
+              "move_up_left": (-diagonal, -diagonal), "move_up_right": (-diagonal, diagonal)}[cls]
     span = speed * (t - 1)
     lo, hi = r + 1, size - r - 1
     y0 = rng.uniform(lo, hi) if dy == 0 else (rng.uniform(lo, hi - span) if dy > 0 else rng.uniform(lo + span, hi))
