@@ -5,10 +5,11 @@ Data: ``vidlit.data.fake.shortcut_splits`` (3 source domains where the backgroun
 class, a target where it points to the wrong class; motion always gives the right one). Each row:
 ``fit_in_memory`` (tiny3d, 32 px, 8 frames, one CPU thread), source validation and target accuracy.
 
-    python -m benchmarks.bgmix_shortcut "erm;erm+bgmix(1,0-1)" 0,1 25   (from the repository root)
+    python -m vidlit bench bgmix_shortcut --configs "erm;erm+bgmix(1,0-1)" --seeds 0 1 --epochs 25
 """
-import sys
+import argparse
 import time
+from typing import Optional, Sequence
 
 import torch
 
@@ -27,19 +28,29 @@ CONFIGS = {  # name: (strategy, BackgroundMix arguments or None); "(prob,min-max
 }
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m vidlit bench bgmix_shortcut", description=__doc__.split("\n\n")[0])
+    p.add_argument("--configs", default=";".join(CONFIGS), help=f"';'-separated rows among: {'; '.join(CONFIGS)}")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--quick", action="store_true", help="a smoke run: erm+bgmix(1,0-1), seed 0, 1 epoch")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.configs, args.seeds, args.epochs = "erm+bgmix(1,0-1)", [0], 1
+    want = args.configs.split(";")
+    unknown = [w for w in want if w not in CONFIGS]
+    if unknown:
+        p.error(f"unknown config(s) {unknown}; choose among: {'; '.join(CONFIGS)}")
     torch.set_num_threads(1)
-    want = sys.argv[1].split(";") if len(sys.argv) > 1 else list(CONFIGS)
-    seeds = [int(x) for x in sys.argv[2].split(",")] if len(sys.argv) > 2 else [0]
-    epochs = int(sys.argv[3]) if len(sys.argv) > 3 else 10
     for name in want:
         strategy, bg = CONFIGS[name]
-        for s in seeds:
+        for s in args.seeds:
             t = time.time()
             callbacks = [BackgroundMix(**bg)] if bg else []
-            val, m = fit_in_memory(strategy, seed=s, epochs=epochs, splits=shortcut_splits(), callbacks=callbacks)
+            val, m = fit_in_memory(strategy, seed=s, epochs=args.epochs, splits=shortcut_splits(), callbacks=callbacks)
             print(f"{name} seed={s} val={val:.3f} target={m['test/acc']:.3f} ({time.time() - t:.0f}s)", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -32,7 +32,11 @@ def test_quick_in_process(name, capsys):
     assert "RATIO " in out and "[reps: " in out
 
 
-@pytest.mark.parametrize("name", ["loader", "strategies", "transfer_curve"])
+# every registered benchmark not run by another test here (infer: tests/test_export.py)
+DELEGATED = [n for n in bench.NAMES if n not in ("loop", "precision", "ddp", "demo", "infer")]
+
+
+@pytest.mark.parametrize("name", DELEGATED)
 def test_quick_delegated(name, capsys):
     """Other benchmarks' own output formats: only that they run through the dispatcher."""
     assert bench.main([name, "--quick"]) == 0

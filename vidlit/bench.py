@@ -14,7 +14,7 @@ import sys
 from types import ModuleType
 from typing import Optional, Sequence
 
-NAMES = ("loop", "loader", "strategies", "precision", "ddp", "demo", "defaults_search", "transfer_curve", "infer")
+NAMES = ("loop", "loader", "strategies", "precision", "ddp", "demo", "defaults_search", "transfer_curve", "infer", "averaging_effect", "bgmix_shortcut")
 #: what ``--quick`` (a tiny smoke run) means for the benchmarks that have no ``--quick`` of their own
 QUICK = {
     "loader": ["--reps", "1", "--epochs_per_rep", "1", "--workers", "1", "--videos_per_class", "1", "--seconds", "1",
@@ -22,6 +22,7 @@ QUICK = {
     "strategies": ["--reps", "1", "--steps", "1", "--warmup", "1", "--batch-size", "6", "--frames", "4", "--size", "32",
                    "--num-batches", "1", "--only", "erm"],
     "defaults_search": ["--seeds", "0", "--only", "groupdro"],
+    "averaging_effect": ["--strategies", "erm", "--seeds", "0", "--epochs", "2"],
 }
 USAGE = f"usage: python -m vidlit bench {{{','.join(NAMES)},all}} [options] (NAME --help for a benchmark's options)"
 
