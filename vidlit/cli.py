@@ -83,6 +83,7 @@ CALLBACK_GROUPS: tuple[tuple[str, str], ...] = (
     ("saliency", "vidlit.saliency:ForegroundShare"),
     ("average", "vidlit.averaging:WeightAveraging"),
     ("bgmix", "vidlit.bgmix:BackgroundMix"),
+    ("tta", "vidlit.tta:TestTimeAdaptation"),
 )
 
 
@@ -329,6 +330,9 @@ class VidlitCLI(LightningCLI):
         results = build_results(trainer, self.model, self.datamodule, self.history.history, best, meta)
         if averaging is not None:
             results.update(averaging.summary or {"average": {"method": averaging.method, "interrupted": True}})
+        from vidlit.tta import tta_results
+
+        results.update(tta_results(trainer))  # --tta.method adabn|tent: how the test adapted
         if trainer.is_global_zero:
             path = write_results(self.run_dir, results)
             from vidlit.sweep import record_wandb_agent_run
@@ -397,6 +401,9 @@ class VidlitCLI(LightningCLI):
             results[f"{key}_acc_per_domain"] = {d: _metric(m, f"{prefix}/acc/{d}") for d in names.get(role, [])}
         if subcommand == "validate":
             results["val_loss"] = _metric(m, "val/loss")
+        from vidlit.tta import tta_results
+
+        results.update(tta_results(trainer))  # --tta.method adabn|tent (test only)
         results["wall_time_s"] = round(time.time() - self.start_time, 2)
         os.makedirs(self.run_dir, exist_ok=True)
         path = os.path.join(self.run_dir, f"{subcommand}_results.json")
