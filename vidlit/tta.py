@@ -92,6 +92,13 @@ def _split_by_domain(batch: dict) -> list[tuple[int, dict]]:
     return out
 
 
+def _batch_stats_guard(module: nn.Module, inputs: tuple) -> None:
+    """Forward pre-hook of an adapting BatchNorm: an input with one value per channel (a single
+    clip whose feature map is 1x1x1) has no batch statistics; that forward uses the running ones."""
+    x = inputs[0]
+    module.training = x.numel() // max(1, x.shape[1]) > 1
+
+
 def _clips(video: torch.Tensor) -> torch.Tensor:
     """(B, C, T, H, W) or (B, V, C, T, H, W) -> (N, C, T, H, W) clips."""
     return video.flatten(0, 1) if video.dim() == 6 else video
@@ -166,6 +173,9 @@ class TestTimeAdaptation(Callback):
         saved, self._saved = self._saved, None
         if saved is None:
             return
+        for h in getattr(self, "_handles", []):
+            h.remove()
+        self._handles = []
         for key, attr in (("test_step", "test_step"), ("video_probs", "_video_probs")):
             if saved[key] is None:
                 pl_module.__dict__.pop(attr, None)
@@ -267,6 +277,7 @@ class TestTimeAdaptation(Callback):
 
         def hook(name: str) -> Callable:
             def pre(module: nn.Module, inputs: tuple) -> None:
+                _batch_stats_guard(module, inputs)
                 x = inputs[0].detach().double()
                 dims = [0] + list(range(2, x.dim()))
                 sums[name][current[0]] += x.sum(dims)
@@ -341,6 +352,7 @@ class TestTimeAdaptation(Callback):
         for _, m in bns:
             m.train()  # batch statistics, running statistics left alone
             m.track_running_stats = False
+        self._handles = [m.register_forward_pre_hook(_batch_stats_guard) for _, m in bns]
         self._tent_params = params
         with torch.inference_mode(False), torch.no_grad():
             self._tent_initial = {n: p.detach().clone() for n, p in params}
