@@ -84,6 +84,7 @@ CALLBACK_GROUPS: tuple[tuple[str, str], ...] = (
     ("average", "vidlit.averaging:WeightAveraging"),
     ("bgmix", "vidlit.bgmix:BackgroundMix"),
     ("tta", "vidlit.tta:TestTimeAdaptation"),
+    ("finetune", "vidlit.finetune:GradualUnfreeze"),
 )
 
 

@@ -57,6 +57,9 @@ class Strategy(pl.LightningModule):
         freeze_bn: keep every BatchNorm in eval mode (frozen statistics) while training.
         lr: learning rate of the head (and of any other new module).
         backbone_lr_mult: backbone lr = lr x this (default 0.1 when pretrained, else 1).
+        llrd: layer-wise lr decay: backbone stage k from the top (k = 1 for the last stage) gets
+            lr x backbone_lr_mult x llrd^(k-1), one optimizer group per stage (``backbone.<stage>``);
+            parameters outside the listed stages take the first stage's. None: one backbone group.
         optimizer: ``adamw`` or ``sgd`` (momentum 0.9, nesterov).
         betas: AdamW's (beta1, beta2) (ignored by ``sgd``).
         weight_decay: decoupled weight decay.
@@ -101,6 +104,7 @@ class Strategy(pl.LightningModule):
         freeze_bn: bool = False,
         lr: float = 2e-3,
         backbone_lr_mult: Optional[float] = None,
+        llrd: Optional[float] = None,
         optimizer: Literal["adamw", "sgd"] = "adamw",
         betas: tuple[float, float] = (0.9, 0.999),
         weight_decay: float = 0.05,
@@ -113,6 +117,8 @@ class Strategy(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if llrd is not None and not 0 < llrd <= 1:
+            raise VidlitError(f"--model.llrd must be in (0, 1] (lr x llrd per stage down from the top), got {llrd}")
         if num_classes < 2:
             raise VidlitError(f"num_classes must be >= 2 (got {num_classes}); it is normally set from the data")
         spec = BACKBONES.get(backbone)
@@ -319,7 +325,16 @@ class Strategy(pl.LightningModule):
         bb_ids = {id(p) for p in self.backbone.parameters()}
         backbone_params = [p for p in self.backbone.parameters() if p.requires_grad]
         other = [p for p in self.parameters() if p.requires_grad and id(p) not in bb_ids]
-        return [{"params": backbone_params, "lr": h.lr * mult, "name": "backbone"}, {"params": other, "lr": h.lr, "name": "head"}]
+        head = {"params": other, "lr": h.lr, "name": "head"}
+        if h.get("llrd") is None:
+            return [{"params": backbone_params, "lr": h.lr * mult, "name": "backbone"}, head]
+        stages, names = self.backbone.stages(), self.backbone.stage_names
+        in_stage = [{id(p) for p in s.parameters()} for s in stages]
+        groups = [{"params": [p for p in backbone_params if id(p) in ids], "lr": h.lr * mult * h.llrd ** (len(stages) - 1 - i),
+                   "name": f"backbone.{name}"} for i, (name, ids) in enumerate(zip(names, in_stage))]
+        staged = set().union(*in_stage)
+        groups[0]["params"] += [p for p in backbone_params if id(p) not in staged]
+        return groups + [head]
 
     def configure_optimizers(self) -> Any:
         h = self.hparams
