@@ -9,13 +9,15 @@ After the test every parameter and buffer of the model, its train/eval flags and
 are put back as they were: the checkpoint and the model that ``fit`` goes on with are untouched.
 
 ``--tta.method adabn`` (Li et al. 2016, "Revisiting Batch Normalization for practical domain
-adaptation"): before the test, one pass over the test clips computes, per target domain and per
-BatchNorm layer, the mean and (unbiased) variance of that layer's input over every clip of the
+adaptation"): before the test, one pass over the test clips (in the ``--tta.order`` stream, below) computes,
+per target domain and per BatchNorm layer, the mean and (unbiased) variance of that layer's input over every clip of the
 domain (all views of a multi-view test video; pooled exactly over batches: sums and sums of
 squares in float64, so batch sizes do not matter). The layers normalise with their batch
 statistics in that pass (as ``torch.optim.swa_utils.update_bn`` does), so the first BatchNorm's
 statistics are exactly its input's over the domain, and deeper layers' are exact when the domain
-fits in one batch (``--data.eval_batch_size``). The test then runs in eval mode with the domain's
+fits in one batch (``--data.eval_batch_size``); with smaller batches they are the mean over
+batches normalised by their own statistics, which is why the pass reads the domain in a random
+order by default (class-sorted batches bias the deeper layers' statistics). The test then runs in eval mode with the domain's
 statistics in every BatchNorm. Under DDP the sums are added over ranks (every rank uses the same
 statistics).
 
@@ -116,9 +118,10 @@ class TestTimeAdaptation(Callback):
         steps: Tent's optimizer steps per test batch (the paper: 1).
         episodic: Tent: reset the parameters and the optimizer after every batch (no memory
             across batches) instead of adapting online through the domain's batches.
-        order: Tent's stream: ``shuffled`` (each domain's test videos in a random order, batches
-            of the test loader's size; needs a map-style test dataset of single videos with an
-            ``index``, as vidlit's) or ``loader`` (the test loader's batches, in order).
+        order: the stream Tent adapts on and AdaBN's statistics pass reads: ``shuffled`` (each
+            domain's test videos in a random order, batches of the test loader's size; Tent needs
+            a map-style test dataset of single videos with an ``index``, as vidlit's) or
+            ``loader`` (the test loader's batches, in order).
         seed: the order of the ``shuffled`` stream.
     """
 
@@ -202,6 +205,7 @@ class TestTimeAdaptation(Callback):
             raise VidlitError(f"--tta.method {self.method}: the model (backbone '{pl_module.hparams.get('backbone')}') has no "
                               "BatchNorm layer to adapt; use --tta.method none")
         self.entropies, self.adapted = {}, {}
+        self._trainer = trainer
         self._save(pl_module)
         names = list(getattr(pl_module, "domain_names", {}).get("test", [])) or ["target"]
         self._names = names
@@ -268,6 +272,15 @@ class TestTimeAdaptation(Callback):
             out.append(torch.utils.data.DataLoader(dl.dataset, **kw))
         return out
 
+    @staticmethod
+    def _can_shuffle(trainer: pl.Trainer) -> bool:
+        loaders = trainer.test_dataloaders
+        if isinstance(loaders, (list, tuple)):
+            if len(loaders) != 1:
+                return False
+            loaders = loaders[0]
+        return isinstance(loaders, torch.utils.data.DataLoader) and loaders.batch_size is not None
+
     def _adabn_prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule, bns: list, n_domains: int) -> None:
         dev = pl_module.device
         sums = {n: torch.zeros(n_domains, m.num_features, dtype=torch.float64, device=dev) for n, m in bns}
@@ -291,7 +304,8 @@ class TestTimeAdaptation(Callback):
             m.track_running_stats = False
         dm = getattr(trainer, "datamodule", None)
         try:
-            for loader in self._loader(trainer):
+            shuffled = self.order == "shuffled" and self._can_shuffle(trainer)
+            for loader in ([self._shuffled_loader()[0]] if shuffled else self._loader(trainer)):
                 for batch_idx, batch in enumerate(loader):
                     if trainer.limit_test_batches is not None and isinstance(trainer.limit_test_batches, int) \
                             and batch_idx >= trainer.limit_test_batches:
@@ -309,7 +323,7 @@ class TestTimeAdaptation(Callback):
         finally:
             for h in handles:
                 h.remove()
-        if trainer.world_size > 1:
+        if trainer.world_size > 1 and not shuffled:  # each rank's shard (the shuffled stream is the whole set on every rank)
             for table in (sums, sqs, counts):
                 for n in table:
                     table[n] = trainer.strategy.reduce(table[n], reduce_op="sum")
@@ -390,9 +404,11 @@ class TestTimeAdaptation(Callback):
             for n, p in self._tent_params:
                 p.copy_(values[n])
 
-    def _tent_stream(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """``order shuffled``: Tent online over each target domain's test videos in a seeded random
-        order (batches of the test loader's size); every video's prediction is kept for the test."""
+    def _shuffled_loader(self) -> tuple[torch.utils.data.DataLoader, int]:
+        """``order shuffled``: a DataLoader over the test dataset giving each target domain's videos
+        in a seeded random order, in batches of the test loader's size (a batch holds one domain);
+        and the dataset's length."""
+        trainer = self._trainer
         loaders = trainer.test_dataloaders
         dl = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
         ds = getattr(dl, "dataset", None)
@@ -413,8 +429,14 @@ class TestTimeAdaptation(Callback):
             batches += [idx[i : i + bs] for i in range(0, len(idx), bs)]
         kw: dict[str, Any] = dict(num_workers=dl.num_workers, collate_fn=dl.collate_fn, pin_memory=dl.pin_memory,
                                   worker_init_fn=dl.worker_init_fn, multiprocessing_context=dl.multiprocessing_context)
+        return torch.utils.data.DataLoader(ds, batch_sampler=batches, **kw), len(ds)
+
+    def _tent_stream(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """``order shuffled``: Tent online over each target domain's test videos in a seeded random
+        order (batches of the test loader's size); every video's prediction is kept for the test."""
+        loader, n = self._shuffled_loader()
         online = None
-        for batch in torch.utils.data.DataLoader(ds, batch_sampler=batches, **kw):
+        for batch in loader:
             if "index" not in batch:
                 raise VidlitError("--tta.order shuffled: the test dataset's items have no 'index'; use --tta.order loader")
             batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
@@ -424,7 +446,7 @@ class TestTimeAdaptation(Callback):
                 with trainer.precision_plugin.forward_context():
                     probs = self._tent_step(pl_module, sub["video"]).cpu()
                 if online is None:
-                    online = torch.full((len(ds), probs.shape[-1]), float("nan"))
+                    online = torch.full((n, probs.shape[-1]), float("nan"))
                 online[sub["index"].cpu()] = probs
         self._online = online
 
