@@ -72,9 +72,10 @@ COMMANDS = (
     ("bench", "measure data loading and training speed"),
     ("export", "write a checkpoint as a TorchScript or ONNX model that takes uint8 clips (--ckpt_path CKPT)"),
     ("explain", "Grad-CAM saliency over space and time of a checkpoint on clips: mp4, PNG strips, per-frame curves"),
+    ("adapt", "few-shot: fine-tune a run's checkpoint on K labelled videos per class of its target, test on the rest"),
 )
 #: commands that are a module of their own: ``python -m vidlit NAME ...`` calls ``vidlit.NAME.main(argv)``
-MODULE_COMMANDS = ("sweep", "report", "bench", "export", "explain")
+MODULE_COMMANDS = ("sweep", "report", "bench", "export", "explain", "adapt")
 
 #: callbacks with a flag group of their own, ``--KEY.ARG`` (LightningCLI's ``add_lightning_class_args``,
 #: as ``--checkpoint.*``): ``(KEY, "module:Class")``, added to the Trainer of every subcommand. A class
