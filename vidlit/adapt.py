@@ -12,7 +12,10 @@ source domains. ``--shots 0`` fine-tunes nothing: the checkpoint is tested on th
 
 There is no validation split (K videos per class leave none): the model of the last step is the
 one tested (``best_checkpoint`` is that step's file). The backbone trains at ``--model.lr`` x
-``--model.backbone_lr_mult`` (0.1 by default, as for any pretrained backbone); any other ``fit``
+``--model.backbone_lr_mult`` (0.1 by default, as for any pretrained backbone), with the
+BatchNorm statistics kept as trained (``--model.freeze_bn true``: statistics of K clips per class
+hurt; ``--model.freeze_bn false`` to update them, ``--tta.method adabn`` to replace them by the
+rest of the target's at test time); any other ``fit``
 flag given after the options (``--trainer.precision 32-true``, ``--model.freeze backbone``,
 ``--finetune.unfreeze_at_epoch``, ...) is passed on.
 """
@@ -124,7 +127,8 @@ def adapt(ckpt: str, shots: int, seed: int = 0, steps: int = 60, batch_size: Opt
     data.update(manifest=manifest, classes=classes, target_domains=targets, batch_size=bs, holdout_fraction=0.0,
                 eval_target_each_epoch=False, source_domains=shot_domains)
     model = {k: model_cfg[k] for k in _MODEL_KEYS if model_cfg.get(k) is not None}
-    model.update(pretrained=os.path.abspath(ckpt), pretrained_head=True)
+    # BatchNorm statistics of K clips per class are noisier than the trained ones (measured: see docs/TRANSFER.md)
+    model.update(pretrained=os.path.abspath(ckpt), pretrained_head=True, freeze_bn=True)
     config = yaml.safe_dump({"model": model, "data": data}, default_flow_style=True, width=1 << 30).strip()
     argv = ["fit", "--strategy", "erm", "--dataset", "manifest", "--config", config, "--seed_everything", str(seed),
             "--trainer.default_root_dir", out, "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
@@ -140,7 +144,7 @@ def adapt(ckpt: str, shots: int, seed: int = 0, steps: int = 60, batch_size: Opt
     results.update(
         strategy=strategy, source_domains=sources, shots=shots,
         adapt={"checkpoint": os.path.abspath(ckpt), "run": os.path.abspath(run), "seed": seed,
-               "steps": (results.get("epochs_run") or 0) * per_epoch, "batch_size": bs, "finetune_loss": "erm",
+               "steps": math.ceil(steps / per_epoch) * per_epoch, "batch_size": bs, "finetune_loss": "erm",
                "train_videos": len({(r.domain, r.path) for r in picked}), "test_videos": len({(r.domain, r.path) for r in rest}),
                "shot_videos": sorted(os.path.abspath(r.path) for r in picked), "selection": "last step"},
     )

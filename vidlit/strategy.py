@@ -171,6 +171,11 @@ class Strategy(pl.LightningModule):
         else:
             super().on_validation_model_train()
 
+    def on_train_start(self) -> None:
+        """Lightning does not call ``train()`` when fit starts (only after a validation): apply the
+        freeze policy now, or a run without a sanity check would update frozen BatchNorm statistics."""
+        self.train()
+
     def train(self, mode: bool = True) -> "Strategy":
         super().train(mode)
         if mode:  # frozen layers (and every BatchNorm under freeze_bn) keep their running statistics

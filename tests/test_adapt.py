@@ -1,0 +1,79 @@
+"""``python -m vidlit adapt``: K labelled videos per class of the target, chosen by video and seed;
+fine-tuned from a run's checkpoint; tested on the rest; results.json with ``shots``."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import pytest
+
+from tests.helpers import run_vidlit
+from vidlit.adapt import choose_shots
+from vidlit.data.records import VideoRecord
+from vidlit.errors import VidlitError
+
+
+def records(n_videos: int = 4, segments: int = 2) -> list[VideoRecord]:
+    return [VideoRecord(path=f"/d/{dom}/{c}/v{v}.mp4", label=c, domain=dom, start_frame=10 * s, end_frame=10 * s + 10)
+            for dom in ("t1", "t2") for c in ("a", "b", "c") for v in range(n_videos) for s in range(segments)]
+
+
+def test_shots_per_class_by_video_and_seed():
+    recs = records()
+    picked, rest = choose_shots(recs, 2, seed=0)
+    vids = {(r.domain, r.path) for r in picked}
+    assert len(vids) == 2 * 3 * 2  # 2 videos x 3 classes x 2 domains
+    for dom in ("t1", "t2"):
+        for c in ("a", "b", "c"):
+            assert len({r.path for r in picked if r.domain == dom and r.label == c}) == 2
+    assert len(picked) == 2 * len(vids)  # both segments of every chosen video
+    assert not vids & {(r.domain, r.path) for r in rest} and len(picked) + len(rest) == len(recs)
+    again, _ = choose_shots(list(reversed(recs)), 2, seed=0)  # order of the listing does not matter
+    assert {(r.domain, r.path) for r in again} == vids
+    draws = {frozenset((r.domain, r.path) for r in choose_shots(recs, 2, seed=s)[0]) for s in range(6)}
+    assert len(draws) > 1  # the seed chooses
+    with pytest.raises(VidlitError, match="only 4 video"):
+        choose_shots(recs, 4, seed=0)  # none left to test on
+
+
+def test_adapt_on_a_tiny_run(tiny_root, tmp_path_factory, tmp_path):
+    from tests.test_reproducible import reference_run
+
+    run = reference_run(tiny_root, str(tmp_path_factory.getbasetemp()))
+    ckpt = os.path.join(run, "checkpoints", "last.ckpt")
+    out = tmp_path / "k1"
+    proc = run_vidlit("adapt", "--ckpt_path", ckpt, "--shots", "1", "--steps", "3", "--seed", "1", "--out", str(out),
+                      "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--data.num_workers", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((out / "results.json").read_text())
+    ref = json.loads(open(os.path.join(run, "results.json")).read())
+    assert res["shots"] == 1 and res["strategy"] == ref["strategy"] and res["source_domains"] == ref["source_domains"]
+    assert res["target_domains"] == ["texture"] and set(res["test_acc_per_domain"]) == {"texture"}
+    assert 0 <= res["test_acc"] <= 1 and res["class_names"] == ref["class_names"]
+    a = res["adapt"]
+    assert a["train_videos"] == 5 and a["test_videos"] == 25 and a["steps"] == 3 and a["batch_size"] == 5  # 5 classes x 6 videos
+    with open(out / "adapt_manifest.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    shots = sorted(r["path"] for r in rows if r["domain"] == "texture-shots")
+    assert shots == a["shot_videos"] and len({r["label"] for r in rows if r["domain"] == "texture-shots"}) == 5
+    assert not set(shots) & {r["path"] for r in rows if r["domain"] == "texture"}
+    # fine-tuned from the checkpoint: backbone and head loaded (pretrained_head), the shots' BatchNorm statistics not used
+    cfg = (out / "config.yaml").read_text()
+    assert "pretrained_head: true" in cfg and "freeze_bn: true" in cfg and os.path.abspath(ckpt) in cfg
+    assert "shots 1, test accuracy on the rest of the target" in proc.stdout
+
+    # K = 0: the checkpoint tested on the whole target, the same results.json shape
+    out0 = tmp_path / "k0"
+    proc = run_vidlit("adapt", "--ckpt_path", ckpt, "--shots", "0", "--out", str(out0), "--trainer.logger", "false",
+                      "--trainer.enable_progress_bar", "false", "--data.num_workers", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    zero = json.loads((out0 / "results.json").read_text())
+    keys = {"strategy", "backbone", "dataset", "seed", "source_domains", "target_domains", "class_names", "val_acc", "test_acc",
+            "test_acc_per_domain", "best_checkpoint", "history", "shots", "adapt"}
+    assert zero["shots"] == 0 and keys <= set(zero) and keys <= set(res)
+    test = json.loads((out0 / "test_results.json").read_text())
+    assert zero["test_acc"] == test["test_acc"]
+
+    proc = run_vidlit("adapt", "--ckpt_path", ckpt, "--shots", "6", "--out", str(tmp_path / "k6"))
+    assert proc.returncode == 2 and "--shots 6" in proc.stderr and "has only 6 video(s)" in proc.stderr
