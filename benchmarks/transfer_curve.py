@@ -171,7 +171,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--test_per_class", type=int, default=10, help="downstream test clips per (domain, class)")
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--out", default="transfer_curve", help="folder for transfer_curve.png/.json and the pretrained checkpoint")
+    p.add_argument("--out", default="runs/transfer_curve", help="folder (default: runs/transfer_curve) for transfer_curve.png/.json and the pretrained checkpoint")
     p.add_argument("--quick", action="store_true", help="a tiny smoke run (1 seed, K=1, few epochs)")
     args = p.parse_args(argv)
     if args.quick:

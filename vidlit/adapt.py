@@ -42,7 +42,7 @@ _MODEL_KEYS = ("backbone", "lr", "optimizer", "betas", "weight_decay", "warmup_e
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(prog="python -m vidlit adapt", description=__doc__.split("\n\n")[1],
+    p = argparse.ArgumentParser(prog="python -m vidlit adapt", description=__doc__.split("\n", 2)[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt_path", required=True, help="a run's checkpoint (RUN/checkpoints/best.ckpt)")
     p.add_argument("--shots", type=int, required=True, help="labelled videos per class of each target domain (0: none)")
