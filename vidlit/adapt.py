@@ -1,6 +1,6 @@
 """``python -m vidlit adapt``: few-shot adaptation of a trained run to its target domain.
 
-From a run's checkpoint (``--ckpt_path RUN/checkpoints/best.ckpt``, any strategy), K labelled
+From a run's checkpoint (``--ckpt_path RUN/checkpoints/best-epoch=N.ckpt``, any strategy), K labelled
 videos per class of each target domain (``--shots K``) are drawn with ``--seed`` (by video: the
 segments of one video are never split between the shots and the test), the model (backbone and
 head, as ``--model.pretrained CKPT --model.pretrained_head true``) is fine-tuned on them with
@@ -44,7 +44,7 @@ _MODEL_KEYS = ("backbone", "lr", "optimizer", "betas", "weight_decay", "warmup_e
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(prog="python -m vidlit adapt", description=__doc__.split("\n", 2)[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt_path", required=True, help="a run's checkpoint (RUN/checkpoints/best.ckpt)")
+    p.add_argument("--ckpt_path", required=True, help="a run's checkpoint (RUN/checkpoints/best-epoch=N.ckpt)")
     p.add_argument("--shots", type=int, required=True, help="labelled videos per class of each target domain (0: none)")
     p.add_argument("--seed", type=int, default=0, help="which videos are the shots, and the fine-tuning's seed")
     p.add_argument("--steps", type=int, default=60, help="optimizer steps of the fine-tuning")

@@ -128,7 +128,7 @@ class Strategy(pl.LightningModule):
             from vidlit.weights import load_head, resolve
 
             if pretrained is None:
-                raise VidlitError("--model.pretrained_head true needs --model.pretrained RUN/checkpoints/best.ckpt")
+                raise VidlitError("--model.pretrained_head true needs --model.pretrained RUN/checkpoints/best-epoch=N.ckpt")
             load_head(self.head, resolve(pretrained, backbone, None), num_classes)
         mean, std = NORM_PRESETS[spec.norm]
         self.register_buffer("_mean", torch.tensor(mean).view(1, 3, 1, 1, 1) * 255, persistent=False)

@@ -15,7 +15,7 @@ cache, or taken from it offline), URLs, local files and vidlit checkpoints.
   (see :mod:`vidlit.inflate`).
 - an ``http(s)://`` or ``file://`` URL: downloaded once into the same cache.
 - a local file: a state dict, a pytorchvideo ``.pyth`` file, or a vidlit checkpoint
-  (``RUN/checkpoints/best.ckpt``: its backbone, loaded strictly).
+  (``RUN/checkpoints/best-epoch=N.ckpt``: its backbone, loaded strictly).
 
 Every failure is a :class:`PretrainedWeightsError`: one line naming the file, the URL and what to do.
 """
