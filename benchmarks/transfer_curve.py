@@ -95,6 +95,24 @@ def _accuracy(model, clips: dict) -> float:
     return correct / len(clips["label"])
 
 
+def _pretrain_split(per_class: int, size: int, frames: int, seed: int) -> tuple[dict, dict]:
+    """(training, held-out) clips of the pretraining task: the embedded set's domains and classes."""
+    from vidlit.data.synthetic import CLASSES, DOMAINS
+
+    clips = _render(DOMAINS, per_class, frames, size, seed, CLASSES)
+    held = torch.arange(len(clips["label"])) % per_class >= per_class * 3 // 4
+    return _subset(clips, torch.nonzero(~held).flatten()), _subset(clips, torch.nonzero(held).flatten())
+
+
+def _accuracy_of(ckpt: str, per_class: int, size: int, frames: int, seed: int = 0) -> float:
+    """A pretraining checkpoint's accuracy on the pretraining task's held-out clips."""
+    from vidlit.data.synthetic import CLASSES, DOMAINS
+    from vidlit.strategy import STRATEGIES
+
+    model = STRATEGIES.get("erm")(num_classes=len(CLASSES), num_domains=len(DOMAINS), seed=seed, pretrained=ckpt, pretrained_head=True)
+    return _accuracy(model, _pretrain_split(per_class, size, frames, seed)[1])
+
+
 def pretrain(out: str, per_class: int, epochs: int, size: int, frames: int, seed: int = 0) -> tuple[str, float]:
     """erm on the embedded set's four domains and five classes; returns (checkpoint path, its
     accuracy on held-out clips of the same task)."""
@@ -104,9 +122,7 @@ def pretrain(out: str, per_class: int, epochs: int, size: int, frames: int, seed
     from vidlit.data.synthetic import CLASSES, DOMAINS
     from vidlit.strategy import STRATEGIES
 
-    clips = _render(DOMAINS, per_class, frames, size, seed, CLASSES)
-    held = torch.arange(len(clips["label"])) % per_class >= per_class * 3 // 4
-    train, test = _subset(clips, torch.nonzero(~held).flatten()), _subset(clips, torch.nonzero(held).flatten())
+    train, test = _pretrain_split(per_class, size, frames, seed)
     pl.seed_everything(seed, verbose=False)
     model = STRATEGIES.get("erm")(num_classes=len(CLASSES), num_domains=len(DOMAINS), seed=seed)
     data = BalancedBatches(train, per_domain=8, seed=seed)
@@ -117,18 +133,34 @@ def pretrain(out: str, per_class: int, epochs: int, size: int, frames: int, seed
     return path, _accuracy(model, test)
 
 
-def finetune(train: dict, test: dict, pretrained: Optional[str], epochs: int, steps: int, seed: int, num_domains: int) -> float:
-    """erm on the downstream clips, from scratch (``pretrained=None``) or from the checkpoint."""
+#: fine-tuning recipes from the pretrained checkpoint (``--recipes``): the model's and the
+#: callback's flags each stands for
+RECIPES = {
+    "full": ({}, 0),  # --model.pretrained CKPT: every layer trains, backbone at 0.1 x lr
+    "probe": ({"freeze": "backbone"}, 0),  # --model.freeze backbone: a linear probe
+    "unfreeze3": ({}, 3),  # --finetune.unfreeze_at_epoch 3: the head alone for 3 epochs, then all
+    "llrd0.5": ({"llrd": 0.5}, 0),  # --model.llrd 0.5: each stage down from the top at half the lr
+}
+
+
+def finetune(train: dict, test: dict, pretrained: Optional[str], epochs: int, steps: int, seed: int, num_domains: int,
+             recipe: str = "full") -> float:
+    """erm on the downstream clips, from scratch (``pretrained=None``) or from the checkpoint with
+    one of :data:`RECIPES`."""
     import lightning.pytorch as pl
 
     from vidlit.data.fake import _SetEpoch
     from vidlit.data.synthetic import OTHER_CLASSES
+    from vidlit.finetune import GradualUnfreeze
     from vidlit.strategy import STRATEGIES
 
+    model_args, unfreeze_at = RECIPES[recipe] if pretrained else ({}, 0)
     pl.seed_everything(seed, verbose=False)
-    model = STRATEGIES.get("erm")(num_classes=len(OTHER_CLASSES), num_domains=num_domains, seed=seed, pretrained=pretrained)
+    model = STRATEGIES.get("erm")(num_classes=len(OTHER_CLASSES), num_domains=num_domains, seed=seed, pretrained=pretrained,
+                                  **model_args)
     data = _Loop(train, batch=min(16, len(train["label"])), steps=steps, seed=seed)
-    _trainer(epochs, [_SetEpoch(data)]).fit(model, torch.utils.data.DataLoader(data, batch_size=None))
+    callbacks = [_SetEpoch(data)] + ([GradualUnfreeze(unfreeze_at)] if unfreeze_at else [])
+    _trainer(epochs, callbacks).fit(model, torch.utils.data.DataLoader(data, batch_size=None))
     return _accuracy(model, test)
 
 
@@ -144,7 +176,9 @@ def chart(path: str, shots: Sequence[int], rows: dict, pretrain_acc: float) -> N
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    for name, style in (("scratch", "o--"), ("pretrained", "s-")):
+    styles = ["o--", "s-", "^-", "v-", "D-"]
+    for i, name in enumerate(rows):
+        style = styles[i % len(styles)]
         m = [100 * rows[name][k][0] for k in shots]
         e = [100 * rows[name][k][1] for k in shots]
         ax.errorbar(shots, m, yerr=e, fmt=style, capsize=3, label=f"erm from {name}")
@@ -171,6 +205,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--test_per_class", type=int, default=10, help="downstream test clips per (domain, class)")
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--recipes", nargs="+", default=["full"], choices=sorted(RECIPES),
+                   help="fine-tuning recipes from the pretrained checkpoint: full (default), probe (--model.freeze backbone), "
+                        "unfreeze3 (--finetune.unfreeze_at_epoch 3), llrd0.5 (--model.llrd 0.5)")
+    p.add_argument("--pretrained", help="a checkpoint this benchmark wrote before (OUT/pretrained.ckpt): skip the pretraining")
     p.add_argument("--out", default="runs/transfer_curve", help="folder (default: runs/transfer_curve) for transfer_curve.png/.json and the pretrained checkpoint")
     p.add_argument("--quick", action="store_true", help="a tiny smoke run (1 seed, K=1, few epochs)")
     args = p.parse_args(argv)
@@ -182,30 +220,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     os.makedirs(args.out, exist_ok=True)
     start = time.time()
-    ckpt, pre_acc = pretrain(args.out, args.pretrain_per_class, args.pretrain_epochs, args.size, args.frames)
+    if args.pretrained:
+        ckpt, pre_acc = args.pretrained, _accuracy_of(args.pretrained, args.pretrain_per_class, args.size, args.frames)
+    else:
+        ckpt, pre_acc = pretrain(args.out, args.pretrain_per_class, args.pretrain_epochs, args.size, args.frames)
     print(f"pretrained erm on the embedded set ({len(DOMAINS)} domains, 5 classes, {args.pretrain_per_class} clips per "
           f"domain and class, {args.pretrain_epochs} epochs): {100 * pre_acc:.1f}% on its held-out clips ({time.time() - start:.0f} s)", flush=True)
     # downstream pool (training candidates) and test clips: different generator seeds, so disjoint
     pool = _render(DOMAINS, max(args.shots), args.frames, args.size, 1000, OTHER_CLASSES)
     test = _render(DOMAINS, args.test_per_class, args.frames, args.size, 2000, OTHER_CLASSES)
-    raw: dict[str, dict[int, list[float]]] = {"scratch": {}, "pretrained": {}}
+    inits = [("scratch", None, "full")] + [("pretrained" if r == "full" else f"pretrained+{r}", ckpt, r) for r in args.recipes]
+    raw: dict[str, dict[int, list[float]]] = {name: {} for name, _, _ in inits}
     for k in args.shots:
         for seed in args.seeds:
             train = _shots(pool, k, seed)
-            for name, init in (("scratch", None), ("pretrained", ckpt)):
-                acc = finetune(train, test, init, args.epochs, args.steps_per_epoch, seed, len(DOMAINS))
+            for name, init, recipe in inits:
+                acc = finetune(train, test, init, args.epochs, args.steps_per_epoch, seed, len(DOMAINS), recipe)
                 raw[name].setdefault(k, []).append(acc)
-            print(f"K={k:3d} seed {seed}: scratch {100 * raw['scratch'][k][-1]:5.1f}%  pretrained {100 * raw['pretrained'][k][-1]:5.1f}%", flush=True)
+            print(f"K={k:3d} seed {seed}: " + "  ".join(f"{name} {100 * raw[name][k][-1]:5.1f}%" for name in raw), flush=True)
     rows = {name: {k: mean_se(v) for k, v in per.items()} for name, per in raw.items()}
     print(f"\n# downstream task: {', '.join(OTHER_CLASSES)}; {len(test['label'])} test clips; mean ± s.e. over seeds {args.seeds}")
-    print("| labelled clips per class | erm from scratch | erm from pretrained | gain |")
-    print("| --- | --- | --- | --- |")
+    others = [name for name in raw if name != "scratch"]
+    print("| labelled clips per class | erm from scratch | " + " | ".join(f"erm from {n}" for n in others) + " | "
+          + " | ".join(f"gain ({n})" if len(others) > 1 else "gain" for n in others) + " |")
+    print("| --- " * (2 + 2 * len(others)) + "|")
     for k in args.shots:
-        (ms, es), (mp, ep) = rows["scratch"][k], rows["pretrained"][k]
-        print(f"| {k} ({k * len(OTHER_CLASSES)} clips) | {100 * ms:.1f} ± {100 * es:.1f} | {100 * mp:.1f} ± {100 * ep:.1f} | {100 * (mp - ms):+.1f} |")
-    for k in args.shots:
-        ratio = rows["pretrained"][k][0] / max(rows["scratch"][k][0], 1e-9)
-        print(f"RATIO transfer pretrained/scratch accuracy K={k}: {ratio:.3f}")
+        ms, es = rows["scratch"][k]
+        cells = [f"{100 * rows[n][k][0]:.1f} ± {100 * rows[n][k][1]:.1f}" for n in others]
+        gains = [f"{100 * (rows[n][k][0] - ms):+.1f}" for n in others]
+        print(f"| {k} ({k * len(OTHER_CLASSES)} clips) | {100 * ms:.1f} ± {100 * es:.1f} | " + " | ".join(cells + gains) + " |")
+    for n in others:
+        for k in args.shots:
+            ratio = rows[n][k][0] / max(rows["scratch"][k][0], 1e-9)
+            print(f"RATIO transfer {n}/scratch accuracy K={k}: {ratio:.3f}")
     png = os.path.join(args.out, "transfer_curve.png")
     chart(png, args.shots, rows, pre_acc)
     with open(os.path.join(args.out, "transfer_curve.json"), "w") as fh:
