@@ -61,6 +61,16 @@ def test_adapt_on_a_tiny_run(tiny_root, tmp_path_factory, tmp_path):
     # fine-tuned from the checkpoint: backbone and head loaded (pretrained_head), the shots' BatchNorm statistics not used
     cfg = (out / "config.yaml").read_text()
     assert "pretrained_head: true" in cfg and "freeze_bn: true" in cfg and os.path.abspath(ckpt) in cfg
+    assert "freeze: backbone" in cfg  # the default: a linear probe
+    import torch
+
+    before = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    after = torch.load(res["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    backbone = [k for k in before if k.startswith("backbone.")]
+    head = [k for k in before if not k.startswith("backbone.") and k in after and before[k].is_floating_point()
+            and "weight" in k and "disc" not in k]
+    assert backbone and all(torch.equal(before[k], after[k]) for k in backbone)  # the backbone untouched, statistics too
+    assert head and any(not torch.equal(before[k], after[k]) for k in head)  # the head was trained on the shots
     assert "shots 1, test accuracy on the rest of the target" in proc.stdout
 
     # K = 0: the checkpoint tested on the whole target, the same results.json shape

@@ -20,6 +20,8 @@ from vidlit.data.masks import has_mask, mask_path, read_mask
 from vidlit.data.records import VideoRecord
 from vidlit.saliency import foreground_share, grad_cam
 
+from tests.helpers import run_vidlit
+
 
 # ----------------------------------------------------------------------------- Grad-CAM, known answers
 class ColourModel(nn.Module):
@@ -229,6 +231,13 @@ def test_fit_reports_foreground_share_in_results_report_and_wandb(tiny_root, tmp
 
     assert main(["--ckpt_path", res["best_checkpoint"], "--clips", "16", "--out", str(tmp_path / "ex")]) == 0
     assert json.loads((tmp_path / "ex" / "explain.json").read_text())["foreground_share"]["texture"] == pytest.approx(share, abs=1e-4)
+    # test --ckpt_path on the same checkpoint: the same score in test_results.json and on stdout
+    proc = run_vidlit("test", "--ckpt_path", res["best_checkpoint"], "--trainer.default_root_dir", str(tmp_path / "t"),
+                      "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--data.num_workers", "0")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tested = json.loads((tmp_path / "t" / "test_results.json").read_text())
+    assert tested["foreground_share"]["texture"] == pytest.approx(share, abs=1e-4)
+    assert f"foreground share (Grad-CAM mass inside the object mask): texture {100 * share:.1f}%" in proc.stdout
     from vidlit.report import main as report
 
     shutil.copytree(run, tmp_path / "runs" / "r", ignore=shutil.ignore_patterns("wandb", "checkpoints"))

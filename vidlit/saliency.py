@@ -231,9 +231,6 @@ class ForegroundShare(Callback):
         dataset = getattr(getattr(trainer, "datamodule", None), "test_set", None)
         if not trainer.is_global_zero or self.clips_per_domain == 0 or dataset is None or not getattr(dataset, "masks", False):
             return
-        import time
-
-        start = time.perf_counter()
         picks = pick_per_domain(dataset.domain_ids, dataset.labels, self.clips_per_domain)
         share: dict[str, Optional[float]] = {}
         clips: dict[str, int] = {}
@@ -254,8 +251,7 @@ class ForegroundShare(Callback):
             # mask_area: the object's share of the pixels, what a map spread evenly would score
             "foreground_share_info": {"clips": clips, "mask_area": area, "stage": stage, "explained": "predicted class"},
         }
-        # the cost goes to the log, not to results.json: a rerun or a resume must give equal results
-        print(f"vidlit: foreground share on {sum(clips.values())} clips ({stage}) took {time.perf_counter() - start:.1f} s", flush=True)
+        # no timing in results.json: a rerun or a resume must give equal results
 
 
 def saliency_results(trainer: pl.Trainer) -> dict[str, Any]:
