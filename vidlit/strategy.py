@@ -171,21 +171,6 @@ class Strategy(pl.LightningModule):
         else:
             super().on_validation_model_train()
 
-    def on_fit_start(self) -> None:
-        """The freeze policy keeps layers in eval mode on purpose (``--model.freeze``,
-        ``--model.freeze_bn``, ``--finetune.*``, whose callback runs first): Lightning's "Found N
-        module(s) in eval mode" is then filtered for exactly that N; any other count still warns."""
-        import warnings
-
-        from lightning.fabric.utilities.warnings import PossibleUserWarning
-
-        frozen = {id(m) for m in self._frozen_modules}
-        if self.hparams.freeze_bn:
-            frozen |= {id(m) for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
-        if frozen:
-            warnings.filterwarnings("ignore", message=rf"Found {len(frozen)} module\(s\) in eval mode at the start of training",
-                                    category=PossibleUserWarning)
-
     def on_train_start(self) -> None:
         """Lightning does not call ``train()`` when fit starts (only after a validation): apply the
         freeze policy now, or a run without a sanity check would update frozen BatchNorm statistics."""
