@@ -17,7 +17,7 @@ statistics in that pass (as ``torch.optim.swa_utils.update_bn`` does), so the fi
 statistics are exactly its input's over the domain, and deeper layers' are exact when the domain
 fits in one batch (``--data.eval_batch_size``); with smaller batches they are the mean over
 batches normalised by their own statistics. The pass reads the domain in a random order by
-default, like Tent (on the embedded data the class-sorted order gave accuracies within 1.3
+default, like Tent (on the embedded data the class-sorted order gave mean accuracies within 0.6
 points of it: docs/TRANSFER.md). The test then runs in eval mode with the domain's
 statistics in every BatchNorm. Under DDP the sums are added over ranks (every rank uses the same
 statistics).
