@@ -406,9 +406,9 @@ class VidlitCLI(LightningCLI):
         from vidlit.tta import tta_results
 
         results.update(tta_results(trainer))  # --tta.method adabn|tent (test only)
-        if subcommand == "test":  # Grad-CAM mass inside the object mask per target domain (null without masks)
-            from vidlit.saliency import saliency_results
+        from vidlit.saliency import foreground_line, saliency_results
 
+        if subcommand == "test":  # Grad-CAM mass inside the object mask per target domain (null without masks)
             results.update(saliency_results(trainer))
         results["wall_time_s"] = round(time.time() - self.start_time, 2)
         os.makedirs(self.run_dir, exist_ok=True)
@@ -419,8 +419,7 @@ class VidlitCLI(LightningCLI):
             json.dump(results, fh, indent=2)
         os.replace(path + ".tmp", path)
         if results.get("foreground_share"):
-            share = ", ".join(f"{d} {'-' if v is None else f'{100 * v:.1f}%'}" for d, v in results["foreground_share"].items())
-            print(f"foreground share (Grad-CAM mass inside the object mask): {share}", flush=True)
+            print(foreground_line(results["foreground_share"]), flush=True)
         print(f"results: {path}", flush=True)
 
 

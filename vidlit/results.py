@@ -342,6 +342,7 @@ def print_table(results: dict, path: str) -> None:
         counts = ", ".join(f"{k} {v}" for k, v in results["skipped_videos"].items())
         console.print(f"unreadable videos left out (--data.on_bad_video skip): {counts}")
     if results.get("foreground_share"):
-        share = ", ".join(f"{d} {'-' if v is None else f'{100 * v:.1f}%'}" for d, v in results["foreground_share"].items())
-        console.print(f"foreground share (Grad-CAM mass inside the object mask): {share}")
+        from vidlit.saliency import foreground_line
+
+        console.print(foreground_line(results["foreground_share"]))
     console.print(f"results: {path}")

@@ -254,6 +254,12 @@ class ForegroundShare(Callback):
         # no timing in results.json: a rerun or a resume must give equal results
 
 
+def foreground_line(share: dict[str, Optional[float]]) -> str:
+    """The line ``fit`` and ``test`` print: ``foreground share (...): texture 6.5%``."""
+    cells = ", ".join(f"{d} {'-' if v is None else f'{100 * v:.1f}%'}" for d, v in share.items())
+    return f"foreground share (Grad-CAM mass inside the object mask): {cells}"
+
+
 def saliency_results(trainer: pl.Trainer) -> dict[str, Any]:
     """``results.json`` entries from the trainer's :class:`ForegroundShare` callback
     (``foreground_share``: null when the data has no masks or the callback is off)."""
