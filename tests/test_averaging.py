@@ -117,9 +117,12 @@ def test_batchnorm_statistics_are_recomputed_exactly_and_frozen_ones_kept():
     assert torch.all(frozen[1].running_mean == 7.0)
 
 
-def _fit(root: str, run_dir: str, *extra: str) -> list[str]:
+SWAD_FLAGS = ("--average.method", "swad", "--average.swad_patience", "2", "--average.swad_overfit_patience", "2")
+
+
+def _fit(root: str, run_dir: str, *extra: str, average: tuple = SWAD_FLAGS) -> list[str]:
     return ["fit", "--data.root", root, *TINY_FLAGS, "--trainer.max_epochs", "3", "--trainer.default_root_dir", run_dir,
-            "--average.method", "swad", "--average.swad_patience", "2", "--average.swad_overfit_patience", "2", *extra]
+            *average, *extra]
 
 
 def test_swad_through_fit_reports_and_tests_the_averaged_model(tiny_root, tmp_path):
@@ -146,6 +149,17 @@ def test_swad_through_fit_reports_and_tests_the_averaged_model(tiny_root, tmp_pa
     # BatchNorm statistics are the averaged model's own, not the last model's
     key = next(k for k in averaged if k.endswith("running_mean"))
     assert not torch.allclose(averaged[key], last["state_dict"][key])
+    # the run without averaging is in the same results: the epoch-selected checkpoint, whose numbers
+    # equal those of the same run made without --average (averaging leaves the trajectory alone)
+    plain_dir = str(tmp_path / "plain")
+    plain = run_vidlit(*_fit(tiny_root, plain_dir, average=()))
+    assert plain.returncode == 0, plain.stderr[-4000:]
+    ref = json.load(open(os.path.join(plain_dir, "results.json")))
+    assert "average" not in ref or ref["average"].get("method") in (None, "none")
+    raw = avg["unaveraged"]
+    assert raw["best_epoch"] == ref["best_epoch"] and raw["val_acc"] == ref["val_acc"]
+    assert raw["test_acc"] == ref["test_acc"] and raw["test_acc_per_domain"] == ref["test_acc_per_domain"]
+    assert f"without averaging (best epoch {ref['best_epoch']})" in proc.stdout
 
 
 @pytest.mark.slow

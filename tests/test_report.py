@@ -209,3 +209,38 @@ def test_wandb_agent_draws_are_selected_within_their_sweep_only(tmp_path, monkey
     # outside an agent nothing is written; a `vidlit sweep` record is left alone
     monkeypatch.delenv("WANDB_SWEEP_ID")
     assert not record_wandb_agent_run(str(tmp_path), "done") and not os.path.exists(tmp_path / "sweep.json")
+
+
+def test_averaged_runs_show_the_run_without_averaging_and_the_paired_gain(tmp_path, capsys):
+    root = str(tmp_path / "sweep")
+    runs = {  # seed: (averaged test, epoch-selected test)
+        0: (0.80, 0.75), 1: (0.70, 0.72),
+    }
+    for seed, (avg_test, raw_test) in runs.items():
+        run_dir = _run(root, "erm", "a", seed, avg_test, 0.9)
+        path = os.path.join(run_dir, "results.json")
+        res = json.load(open(path))
+        res["best_epoch"] = 4
+        res["history"] = [{"epoch": e, "val_acc": 0.5, "target_acc": 0.1 * e} for e in range(4)] + [
+            {"epoch": 4, "val_acc": 0.9, "val_loss": 0.3, "target_acc": raw_test, "target_acc_per_domain": {"a": raw_test}}]
+        if seed == 0:  # written by fit today: the entry itself
+            res["average"] = {"method": "swad", "unaveraged": {"best_epoch": 4, "test_acc": raw_test}}
+            res["history"][-1]["target_acc"] = 0.0  # the entry wins over the history
+        else:  # written before the entry existed: from the history at best_epoch
+            res["average"] = {"method": "swad"}
+        json.dump(res, open(path, "w"))
+    assert report.main([root, "--out", str(tmp_path / "rep")]) == 0
+    text = capsys.readouterr().out
+
+    def rows(title):
+        part = text.split(f"### {title}")[1].split("###")[0]
+        return [ln for ln in part.splitlines() if ln.startswith("| erm")]
+
+    assert rows("Model selection: training-domain validation") == ["| erm | 75.0 ± 5.0 | 75.0 ± 5.0 | 2 |"]
+    assert rows("The same runs without weight averaging") == ["| erm | 73.5 ± 1.5 | 73.5 ± 1.5 | 2 |"]
+    assert rows("Gain from weight averaging") == ["| erm | 1.5 ± 3.5 | 1.5 ± 3.5 | 2 |"]
+    # without averaged runs neither table is there
+    plain = str(tmp_path / "plain")
+    _run(plain, "erm", "a", 0, 0.8, 0.9)
+    assert report.main([plain, "--out", str(tmp_path / "rep2")]) == 0
+    assert "without weight averaging" not in capsys.readouterr().out

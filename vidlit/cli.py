@@ -26,7 +26,8 @@ from vidlit.errors import VidlitError, unpickling_reason
 from vidlit.loggers import WandbOptions
 from vidlit.registry import UnknownNameError
 from vidlit.results import (
-    RESULTS_FILE, AtomicModelCheckpoint, HistoryCallback, WallClock, build_results, print_table, write_results,
+    RESULTS_FILE, AtomicModelCheckpoint, HistoryCallback, WallClock, best_epoch_from_path, build_results, epoch_selected, print_table,
+    write_results,
 )
 from vidlit.strategy import STRATEGIES
 
@@ -314,6 +315,7 @@ class VidlitCLI(LightningCLI):
         from vidlit.averaging import find as find_averaging
 
         averaging = find_averaging(trainer)  # --average.method swad|ema: the averaged model is the best checkpoint
+        selected = best  # the epoch-selected checkpoint: the run without averaging
         if averaging is not None:
             ckpt_dir = getattr(trainer.checkpoint_callback, "dirpath", None) or os.path.join(self.run_dir, "checkpoints")
             if self.finished_checkpoint is None:
@@ -332,6 +334,9 @@ class VidlitCLI(LightningCLI):
         results = build_results(trainer, self.model, self.datamodule, self.history.history, best, meta)
         if averaging is not None:
             results.update(averaging.summary or {"average": {"method": averaging.method, "interrupted": True}})
+            if not results["average"].get("interrupted"):
+                results["average"] = {**results["average"], "unaveraged": epoch_selected(
+                    self.history.history, best_epoch_from_path(selected) if selected else results.get("best_epoch"))}
         from vidlit.tta import tta_results
 
         results.update(tta_results(trainer))  # --tta.method adabn|tent: how the test adapted

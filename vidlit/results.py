@@ -236,6 +236,31 @@ def build_results(
     }
 
 
+def epoch_selected(history: list[dict], epoch: Optional[int]) -> Optional[dict]:
+    """The epoch-selected model of a weight-averaged run (``--average.method swad|ema``), the run
+    *without* averaging: its epoch, source-validation accuracy and loss, and held-out accuracy as
+    measured at that epoch's validation (``val_target``, the same weights the epoch's checkpoint
+    holds: for a run without averaging it equals ``test_acc``). Averaging does not change the
+    training trajectory, so one averaged run also gives the comparison without it. None when the
+    history has no held-out accuracy for ``epoch``."""
+    rows = [h for h in history if h.get("epoch") == epoch and h.get("target_acc") is not None]
+    if not rows:
+        return None
+    row = rows[0]
+    return {"best_epoch": epoch, "val_acc": row.get("val_acc"), "val_loss": row.get("val_loss"),
+            "test_acc": row["target_acc"], "test_acc_per_domain": row.get("target_acc_per_domain", {})}
+
+
+def unaveraged(results: dict) -> Optional[dict]:
+    """:func:`epoch_selected` of a finished averaged run's ``results.json`` (its
+    ``average.unaveraged``, or, for runs written before that entry existed, the history at
+    ``best_epoch``); None for a run without averaging or whose averaging was interrupted."""
+    avg = results.get("average") or {}
+    if avg.get("method") in (None, "none") or avg.get("interrupted"):
+        return None
+    return avg.get("unaveraged") or epoch_selected(results.get("history") or [], results.get("best_epoch"))
+
+
 def _saliency_results(trainer: pl.Trainer) -> dict:
     from vidlit.saliency import saliency_results
 
@@ -321,7 +346,9 @@ def print_table(results: dict, path: str) -> None:
     from rich.table import Table
 
     pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
-    table = Table(title=f"{results['strategy']} on {results['backbone']}: accuracy (%) at best epoch {results['best_epoch']}")
+    raw = unaveraged(results)
+    which = f"of the {results['average']['method'].upper()}-averaged model" if raw is not None else f"at best epoch {results['best_epoch']}"
+    table = Table(title=f"{results['strategy']} on {results['backbone']}: accuracy (%) {which}")
     table.add_column("domain")
     table.add_column("role")
     table.add_column("accuracy", justify="right")
@@ -336,6 +363,9 @@ def print_table(results: dict, path: str) -> None:
     table.add_row("gap", "source - target", pct(gap))
     console = Console()
     console.print(table)
+    if raw is not None:
+        console.print(f"without averaging (best epoch {raw['best_epoch']}): source val {pct(raw['val_acc'])}, "
+                      f"target test {pct(raw['test_acc'])}")
     if results.get("bad_videos"):
         console.print(f"bad videos replaced during training: {results['bad_videos']}")
     if any((results.get("skipped_videos") or {}).values()):
