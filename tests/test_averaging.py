@@ -159,6 +159,8 @@ def test_swad_through_fit_reports_and_tests_the_averaged_model(tiny_root, tmp_pa
     raw = avg["unaveraged"]
     assert raw["best_epoch"] == ref["best_epoch"] and raw["val_acc"] == ref["val_acc"]
     assert raw["test_acc"] == ref["test_acc"] and raw["test_acc_per_domain"] == ref["test_acc_per_domain"]
+    # a continuous value, so neither an equal accuracy by chance nor the averaged model passes
+    assert raw["val_loss"] == ref["val_loss"] and raw["val_loss"] != res["val_loss"]
     assert f"without averaging (best epoch {ref['best_epoch']})" in proc.stdout
 
 
