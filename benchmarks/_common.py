@@ -192,7 +192,7 @@ def plain_loop(batches: Sequence[dict[str, torch.Tensor]], backbone: str, num_cl
     """A hand-written training loop: same backbone and head, normalisation, AdamW and per-step
     LambdaLR schedule as ``erm``; one pass over ``batches``. Returns per-step times (the first
     ``skip`` steps left out), in :class:`StepTimer`'s format."""
-    from vidlit.backbones import BACKBONES, NORM_PRESETS, build_backbone
+    from vidlit.models.backbones import BACKBONES, NORM_PRESETS, build_backbone
 
     torch.manual_seed(seed)
     bb = build_backbone(backbone)
@@ -238,7 +238,7 @@ def vidlit_inprocess(args: Sequence[str], skip: int = 3, quiet: bool = True) -> 
     """``python -m vidlit fit ARGS`` in this process with a :class:`StepTimer` added; returns
     the timer's summary. The CLI machinery is the user's: loggers, default callbacks,
     checkpointing, and the test run after fit."""
-    from vidlit.cli import run_cli
+    from vidlit.commands.cli import run_cli
 
     register_memory_dataset()
     env = {"WANDB_MODE": os.environ.get("WANDB_MODE", "disabled")}

@@ -2,7 +2,7 @@
 
 The in-memory set of ``vidlit.data.fake`` (three source domains, 32 px, 8 frames; held-out domain
 ``texture``), each strategy trained through a Lightning Trainer with validation after every epoch
-and the :class:`vidlit.averaging.WeightAveraging` callback; one training per (strategy, seed) gives
+and the :class:`vidlit.callbacks.averaging.WeightAveraging` callback; one training per (strategy, seed) gives
 both models compared, since averaging does not change training: the last epoch's weights and the
 averaged weights (BatchNorm statistics recomputed on the training batches). Accuracies are on the
 held-out domain.
@@ -42,9 +42,10 @@ def accuracy(model, clips: dict) -> float:
 
 
 def run(strategy: str, seed: int, epochs: int, method: str, target: dict) -> tuple[float, float, dict]:
-    from vidlit.averaging import WeightAveraging, recompute_bn
+    from vidlit.callbacks.averaging import WeightAveraging
+    from vidlit.models.averaging import recompute_bn
     from vidlit.data.fake import CLASSES, BalancedBatches, _SetEpoch, source_splits
-    from vidlit.strategy import STRATEGIES
+    from vidlit.models.strategy import STRATEGIES
 
     train, val = source_splits()
     pl.seed_everything(seed, verbose=False)

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from vidlit.bgmix import BackgroundMix
+from vidlit.callbacks.bgmix import BackgroundMix
 from vidlit.data.fake import fit_in_memory, shortcut_splits
 
 CONFIGS = {  # name: (strategy, BackgroundMix arguments or None); "(prob,min-max)" of the weight

@@ -118,7 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"rep {rep}: {n} process(es): {_fmt(s[n])} (run wall {wall:.0f} s)", flush=True)
         ratios.append(s[2]["clips_per_s"] / s[1]["clips_per_s"])
     if numel is None:
-        from vidlit.backbones import build_backbone
+        from vidlit.models.backbones import build_backbone
 
         numel = sum(p.numel() for p in build_backbone(a.backbone).parameters())
     comm = allreduce_seconds(numel)

@@ -4,7 +4,7 @@ For each backbone (default: ``tiny3d``, the default backbone, at its preset 8x64
 torchvision ``r3d_18`` at its preset 16x112x112; ``--r3d_size``/``--r3d_frames`` reduce it),
 the same mp4 files (the embedded generator's videos, written into a temporary folder) go through
 the whole path a deployment runs: one evaluation clip per video decoded with the project's decoder
-(PyAV, seeking: :func:`vidlit.export.video_clip`, what ``test``/``predict`` take), batched, the
+(PyAV, seeking: :func:`vidlit.inference.trained.video_clip`, what ``test``/``predict`` take), batched, the
 model, the predicted class. Variants, measured alternately rep after rep (the order reversed every
 other rep): the eager network (the strategy's normalisation + backbone + head, ``torch.no_grad``),
 the TorchScript export (``python -m vidlit export``'s file) and, when onnxruntime is installed, the
@@ -71,7 +71,7 @@ def make_videos(folder: str, n: int, size: int, frames: int) -> list[str]:
 
 
 def bf16_wanted(mode: str, device: torch.device) -> tuple[bool, str]:
-    from vidlit.precision import detect
+    from vidlit.utils.precision import detect
 
     choice = detect(use_cuda=device.type == "cuda")
     if mode == "never":
@@ -83,7 +83,8 @@ def bf16_wanted(mode: str, device: torch.device) -> tuple[bool, str]:
 
 def build_variants(trained, folder: str, device: torch.device, bf16: bool, onnx: bool) -> dict[str, Callable]:
     """name -> function(uint8 clips (B, C, T, H, W) on the CPU) -> predicted class indices."""
-    from vidlit.export import ClipClassifier, export, load_exported, onnx_unavailable
+    from vidlit.inference.trained import ClipClassifier
+    from vidlit.commands.export import export, load_exported, onnx_unavailable
 
     variants: dict[str, Callable] = {}
     out = os.path.join(folder, "export")
@@ -128,7 +129,7 @@ def warnings_off():
 
 def one_pass(predict: Callable, videos: list[str], trained, batch: int, device: torch.device) -> dict[str, float]:
     """Every video once, file to predicted class: seconds in total and decoding (+ crop)."""
-    from vidlit.export import video_clip
+    from vidlit.inference.trained import video_clip
 
     decode_s = total = 0.0
     t0 = time.perf_counter()
@@ -144,10 +145,10 @@ def one_pass(predict: Callable, videos: list[str], trained, batch: int, device: 
 
 
 def trained_for(backbone: str, frames: int, size: int, stride: int, num_classes: int = 5):
-    """A randomly initialised erm network as :func:`vidlit.export.load_trained` returns a checkpoint's."""
-    from vidlit.backbones import BACKBONES, NORM_PRESETS
-    from vidlit.export import Trained
-    from vidlit.strategy import STRATEGIES
+    """A randomly initialised erm network as :func:`vidlit.inference.trained.load_trained` returns a checkpoint's."""
+    from vidlit.models.backbones import BACKBONES, NORM_PRESETS
+    from vidlit.inference.trained import Trained
+    from vidlit.models.strategy import STRATEGIES
 
     torch.manual_seed(0)
     model = STRATEGIES.get("erm")(num_classes=num_classes, num_domains=3, backbone=backbone).eval()

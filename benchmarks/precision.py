@@ -46,7 +46,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     print(machine_line())
-    from vidlit.precision import detect
+    from vidlit.utils.precision import detect
 
     # what `fit` would choose here (bf16-mixed on CUDA and on CPUs with AVX-512 BF16/AMX, else fp32)
     print(f"# detected: default {detect().line('')}", flush=True)

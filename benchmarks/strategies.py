@@ -59,7 +59,7 @@ def make_batches(n: int, batch_size: int, num_domains: int, num_classes: int, fr
 
 
 def build(label: str, backbone: str, num_classes: int, num_domains: int, device: torch.device, lr: float):
-    from vidlit.strategy import STRATEGIES
+    from vidlit.models.strategy import STRATEGIES
 
     name, kwargs, _ = VARIANTS[label]
     torch.manual_seed(0)  # the same initial backbone for every strategy
@@ -82,7 +82,7 @@ class _Runner:
         model.step_generator = self._generator
         self.averaging = None
         if average:
-            from vidlit.averaging import WeightAveraging
+            from vidlit.callbacks.averaging import WeightAveraging
 
             self.averaging = WeightAveraging(average)
 

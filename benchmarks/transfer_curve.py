@@ -107,7 +107,7 @@ def _pretrain_split(per_class: int, size: int, frames: int, seed: int) -> tuple[
 def _accuracy_of(ckpt: str, per_class: int, size: int, frames: int, seed: int = 0) -> float:
     """A pretraining checkpoint's accuracy on the pretraining task's held-out clips."""
     from vidlit.data.synthetic import CLASSES, DOMAINS
-    from vidlit.strategy import STRATEGIES
+    from vidlit.models.strategy import STRATEGIES
 
     model = STRATEGIES.get("erm")(num_classes=len(CLASSES), num_domains=len(DOMAINS), seed=seed, pretrained=ckpt, pretrained_head=True)
     return _accuracy(model, _pretrain_split(per_class, size, frames, seed)[1])
@@ -120,7 +120,7 @@ def pretrain(out: str, per_class: int, epochs: int, size: int, frames: int, seed
 
     from vidlit.data.fake import BalancedBatches, _SetEpoch
     from vidlit.data.synthetic import CLASSES, DOMAINS
-    from vidlit.strategy import STRATEGIES
+    from vidlit.models.strategy import STRATEGIES
 
     train, test = _pretrain_split(per_class, size, frames, seed)
     pl.seed_everything(seed, verbose=False)
@@ -151,8 +151,8 @@ def finetune(train: dict, test: dict, pretrained: Optional[str], epochs: int, st
 
     from vidlit.data.fake import _SetEpoch
     from vidlit.data.synthetic import OTHER_CLASSES
-    from vidlit.finetune import GradualUnfreeze
-    from vidlit.strategy import STRATEGIES
+    from vidlit.callbacks.finetune import GradualUnfreeze
+    from vidlit.models.strategy import STRATEGIES
 
     model_args, unfreeze_at = RECIPES[recipe] if pretrained else ({}, 0)
     pl.seed_everything(seed, verbose=False)

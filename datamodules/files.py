@@ -69,7 +69,7 @@ class VideoFilesDataModule(MultiDomainDataModule):
 
     def _trained(self) -> tuple[list[str], list[str]]:
         if self.run:
-            from vidlit.predictions import trained_run_info
+            from vidlit.run.checkpoint import trained_run_info
 
             info = trained_run_info(self.run)
             return list(self._classes or info["class_names"]), list(self._source or info["source_domains"] or ["source"])

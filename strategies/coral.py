@@ -6,8 +6,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from vidlit.losses import coral_penalty
-from vidlit.strategy import Strategy, register_strategy
+from vidlit.models.losses import coral_penalty
+from vidlit.models.strategy import Strategy, register_strategy
 
 
 @register_strategy("coral")
@@ -20,7 +20,7 @@ class CORAL(Strategy):
     Args:
         coral_weight: weight of the penalty (DomainBed: 1; 0.1 here, from the search in
             docs/STRATEGIES.md: source-domain validation accuracy fell as the weight grew).
-        **kwargs: the base :class:`~vidlit.strategy.Strategy` arguments.
+        **kwargs: the base :class:`~vidlit.models.strategy.Strategy` arguments.
     """
 
     SEARCH_SPACE = {"coral_weight": "loguniform:0.1:10"}  # DomainBed: 10^U(-1, 1)

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidlit.losses import Schedule, grad_reverse, grl_lambda
-from vidlit.strategy import Strategy, register_strategy
-from vidlit.errors import VidlitError
+from vidlit.models.losses import Schedule, grad_reverse, grl_lambda
+from vidlit.models.strategy import Strategy, register_strategy
+from vidlit.utils.errors import VidlitError
 
 
 def build_mlp(in_dim: int, width: int, depth: int, out_dim: int, dropout: float = 0.0, batchnorm: bool = False) -> nn.Sequential:
@@ -67,7 +67,7 @@ class DANN(Strategy):
         betas: Adam (beta1, beta2) of every parameter group; (0.5, 0.9) as in DomainBed's
             adversarial methods (the default (0.9, 0.999) lets the discriminator's gradients,
             reversed into the backbone, build up momentum and collapse training at short budgets).
-        **kwargs: the base :class:`~vidlit.strategy.Strategy` arguments (lr, backbone, freeze, ...).
+        **kwargs: the base :class:`~vidlit.models.strategy.Strategy` arguments (lr, backbone, freeze, ...).
     """
 
     SEARCH_SPACE = {  # DomainBed's DANN space, lambda narrowed from 10^U(-2, 2)

@@ -1,6 +1,6 @@
 """``erm``: empirical risk minimisation, i.e. plain fine-tuning with cross-entropy on the pooled
 source domains. All of its behaviour (freeze policies, lr split, schedule) lives in the base."""
-from vidlit.strategy import Strategy, register_strategy
+from vidlit.models.strategy import Strategy, register_strategy
 
 
 @register_strategy("erm")

@@ -6,9 +6,9 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from vidlit.losses import functional_forward, inject_grad
-from vidlit.strategy import Strategy, register_strategy
-from vidlit.errors import VidlitError
+from vidlit.models.losses import functional_forward, inject_grad
+from vidlit.models.strategy import Strategy, register_strategy
+from vidlit.utils.errors import VidlitError
 
 
 @register_strategy("fish")
@@ -24,7 +24,7 @@ class Fish(Strategy):
 
     Args:
         inner_lr: inner SGD step size (default: ``lr``).
-        **kwargs: the base :class:`~vidlit.strategy.Strategy` arguments.
+        **kwargs: the base :class:`~vidlit.models.strategy.Strategy` arguments.
     """
 
     SEARCH_SPACE = {"inner_lr": "loguniform:1e-3:0.1"}

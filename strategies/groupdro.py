@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from vidlit.strategy import Strategy, register_strategy
+from vidlit.models.strategy import Strategy, register_strategy
 
 
 @register_strategy("groupdro")
@@ -20,7 +20,7 @@ class GroupDRO(Strategy):
 
     Args:
         eta: step size of the q update (DomainBed: 1e-2).
-        **kwargs: the base :class:`~vidlit.strategy.Strategy` arguments.
+        **kwargs: the base :class:`~vidlit.models.strategy.Strategy` arguments.
     """
 
     SEARCH_SPACE = {"eta": "loguniform:1e-3:0.1"}  # DomainBed: 10^U(-3, -1)

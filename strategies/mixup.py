@@ -6,10 +6,10 @@ from typing import Any, Literal, Optional
 import torch
 import torch.nn.functional as F
 
-from vidlit.losses import cross_domain_partners, sample_beta
-from vidlit.mixstyle import MixStyleHooks, Pairing
-from vidlit.strategy import Strategy, register_strategy
-from vidlit.errors import VidlitError
+from vidlit.models.losses import cross_domain_partners, sample_beta
+from vidlit.models.mixstyle import MixStyleHooks, Pairing
+from vidlit.models.strategy import Strategy, register_strategy
+from vidlit.utils.errors import VidlitError
 
 
 @register_strategy("mixup")
@@ -30,7 +30,7 @@ class Mixup(Strategy):
         mix: MixStyle pairing, ``random`` or ``crossdomain``.
         mix_prob: (``mixup`` mode) probability that a clip is mixed at all; the others keep
             lam = 1 (their own clip and label), as timm's ``mixup_prob``.
-        **kwargs: the base :class:`~vidlit.strategy.Strategy` arguments.
+        **kwargs: the base :class:`~vidlit.models.strategy.Strategy` arguments.
     """
 
     SEARCH_SPACE = {"alpha": "loguniform:0.1:10"}  # DomainBed: 10^U(-1, 1)

@@ -24,9 +24,9 @@ from typing import Any, Callable, Literal, Optional
 import torch
 import torch.nn.functional as F
 
-from vidlit.losses import functional_forward, inject_grad
-from vidlit.strategy import Strategy, register_strategy
-from vidlit.errors import VidlitError
+from vidlit.models.losses import functional_forward, inject_grad
+from vidlit.models.strategy import Strategy, register_strategy
+from vidlit.utils.errors import VidlitError
 
 Params = dict[str, torch.Tensor]
 
@@ -64,7 +64,7 @@ class MLDG(Strategy):
         beta: weight of the meta-test loss.
         inner_lr: inner SGD step size (default: ``lr``).
         n_meta_test: source domains held out as meta-test each step (at most K - 1).
-        **kwargs: the base :class:`~vidlit.strategy.Strategy` arguments.
+        **kwargs: the base :class:`~vidlit.models.strategy.Strategy` arguments.
 
     Works under DDP (both orders; every rank splits its own batch, gradients are averaged as usual)
     and with ``bf16-mixed`` (both orders). A batch holding a single domain falls back to plain CE.

@@ -9,9 +9,9 @@ import os
 import pytest
 
 from tests.helpers import run_vidlit
-from vidlit.adapt import choose_shots
+from vidlit.commands.adapt import choose_shots
 from vidlit.data.records import VideoRecord
-from vidlit.errors import VidlitError
+from vidlit.utils.errors import VidlitError
 
 
 def records(n_videos: int = 4, segments: int = 2) -> list[VideoRecord]:

@@ -10,7 +10,9 @@ import torch
 from torch import nn
 
 from tests.helpers import TINY_FLAGS, run_vidlit
-from vidlit.averaging import AVERAGED_CHECKPOINT, SwadWindow, WeightAveraging, recompute_bn, swad_window
+from vidlit.run.files import AVERAGED_CHECKPOINT
+from vidlit.models.averaging import SwadWindow, recompute_bn, swad_window
+from vidlit.callbacks.averaging import WeightAveraging
 
 
 def _paper_window(losses, ns, ne, r):

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from tests.helpers import REPO, run_vidlit
-from vidlit import bench
+from vidlit.commands import bench
 
 
 def test_usage_and_unknown_name(capsys):

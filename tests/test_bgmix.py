@@ -1,4 +1,4 @@
-"""Background mixing (vidlit.bgmix.BackgroundMix): the exact blend, the cross-domain static frame,
+"""Background mixing (vidlit.callbacks.bgmix.BackgroundMix): the exact blend, the cross-domain static frame,
 off is a no-op, the mixed clips reach every strategy's compute_loss, the CLI flag group, and a
 behavioural check that it weakens a static-background shortcut."""
 from __future__ import annotations
@@ -7,9 +7,9 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from vidlit.bgmix import BackgroundMix, mix_background, static_partners
-from vidlit.errors import VidlitError
-from vidlit.strategy import STRATEGIES
+from vidlit.callbacks.bgmix import BackgroundMix, mix_background, static_partners
+from vidlit.utils.errors import VidlitError
+from vidlit.models.strategy import STRATEGIES
 
 
 def _batch(b: int = 6, t: int = 4, domains: int = 3) -> dict[str, torch.Tensor]:
@@ -96,7 +96,7 @@ def test_bad_flags_raise():
 
 
 def test_cli_has_the_flag_group():
-    from vidlit.cli import CALLBACK_GROUPS, callback_class
+    from vidlit.commands.cli import CALLBACK_GROUPS, callback_class
 
     assert callback_class(dict(CALLBACK_GROUPS)["bgmix"]) is BackgroundMix
 

@@ -73,7 +73,7 @@ def test_the_docs_show_commands():
 
 
 def _print_config(argv: list[str]) -> None:
-    from vidlit.cli import run_cli
+    from vidlit.commands.cli import run_cli
 
     out = io.StringIO()
     with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stdout(out):
@@ -93,17 +93,17 @@ def test_documented_command_parses(where, argv, capsys, monkeypatch):
             return
         _print_config(argv)
     elif command == "sweep":
-        from vidlit import sweep
+        from vidlit.commands import sweep
 
         args, passthrough = sweep.parse_args(argv[1:])
         sweep.search_spaces(args.strategies, args.dataset, args.hparam)
         _print_config(["fit", "--strategy", args.strategies[0], "--dataset", args.dataset, *passthrough])
     elif command == "list":
-        from vidlit.cli import main
+        from vidlit.commands.main import main
 
         assert main(argv) == 0
     else:
-        from vidlit.cli import main
+        from vidlit.commands.main import main
 
         words = [a for a in argv if not a.startswith("-")]
         help_argv = [command] + ([words[1]] if command == "bench" and len(words) > 1 else []) + ["--help"]

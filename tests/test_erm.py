@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from strategies.erm import ERM
-from vidlit.strategy import STRATEGIES
+from vidlit.models.strategy import STRATEGIES
 
 
 def batch(b: int = 8, classes: int = 3, t: int = 4, s: int = 32) -> dict:
@@ -99,7 +99,7 @@ def test_learning_rates_and_schedule():
 
 def test_pretrained_default_lowers_backbone_lr(tmp_path):
     """With pretrained weights the backbone learns 10x slower than the new head by default."""
-    from vidlit.backbones import build_backbone
+    from vidlit.models.backbones import build_backbone
 
     path = tmp_path / "tiny.pth"
     torch.save(build_backbone("tiny3d").net.state_dict(), path)

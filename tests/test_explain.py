@@ -13,12 +13,12 @@ import torch
 import yaml
 from torch import nn
 
-from vidlit.backbones import BACKBONES, Backbone, _frames_forward
+from vidlit.models.backbones import BACKBONES, Backbone, _frames_forward
 from vidlit.data import synthetic
 from vidlit.data.clips import ClipDataset, ClipTransform
 from vidlit.data.masks import has_mask, mask_path, read_mask
 from vidlit.data.records import VideoRecord
-from vidlit.saliency import foreground_share, grad_cam
+from vidlit.inference.gradcam import foreground_share, grad_cam
 
 from tests.helpers import run_vidlit
 
@@ -150,7 +150,7 @@ CLIP = {"mvit_v2_s": (16, 224), "slowfast_r50": (8, 64), "s3d": (8, 64)}
 def _fake_run(tmp_path, tiny_root: str, backbone: str) -> tuple[str, list[str]]:
     """A run folder with a checkpoint of an untrained ``backbone`` (no training: explain only
     needs weights and settings), its config.yaml and class names."""
-    from vidlit.strategy import STRATEGIES
+    from vidlit.models.strategy import STRATEGIES
 
     frames, size = CLIP.get(backbone, (4, 32))
     torch.manual_seed(0)
@@ -170,7 +170,7 @@ def _fake_run(tmp_path, tiny_root: str, backbone: str) -> tuple[str, list[str]]:
     b if b in FAMILY_REPRESENTATIVES else pytest.param(b, marks=pytest.mark.slow) for b in BACKBONES.names()
 ])
 def test_explain_writes_overlays_for_every_backbone(backbone, tiny_root, tmp_path, capsys):
-    from vidlit.explain import main
+    from vidlit.commands.explain import main
 
     ckpt, stages = _fake_run(tmp_path, tiny_root, backbone)
     out = tmp_path / "out"
@@ -197,12 +197,12 @@ def test_explain_writes_overlays_for_every_backbone(backbone, tiny_root, tmp_pat
 def test_explain_video_files_and_errors(tiny_root, tmp_path, capsys):
     ckpt, _ = _fake_run(tmp_path, tiny_root, "tiny3d")
     video = os.path.join(tiny_root, "colour", "move_up", "colour_move_up_002.mp4")
-    from vidlit.explain import main
+    from vidlit.commands.explain import main
 
     assert main(["--ckpt_path", ckpt, video, "--out", str(tmp_path / "v")]) == 0
     (clip,) = json.loads((tmp_path / "v" / "explain.json").read_text())["clips"]
     assert clip["video"] == video and clip["true"] is None and clip["foreground_share"] is not None  # its sidecar mask
-    from vidlit.cli import main as cli_main
+    from vidlit.commands.main import main as cli_main
 
     capsys.readouterr()
     assert cli_main(["explain", "--ckpt_path", ckpt, "--data.nonsense", "1"]) == 2
@@ -227,7 +227,7 @@ def test_fit_reports_foreground_share_in_results_report_and_wandb(tiny_root, tmp
     with open(run + ".log") as fh:
         assert f"foreground share (Grad-CAM mass inside the object mask): texture {100 * share:.1f}%" in fh.read()
     # explain on the best checkpoint, the same clips: the same number
-    from vidlit.explain import main
+    from vidlit.commands.explain import main
 
     assert main(["--ckpt_path", res["best_checkpoint"], "--clips", "16", "--out", str(tmp_path / "ex")]) == 0
     assert json.loads((tmp_path / "ex" / "explain.json").read_text())["foreground_share"]["texture"] == pytest.approx(share, abs=1e-4)
@@ -238,7 +238,7 @@ def test_fit_reports_foreground_share_in_results_report_and_wandb(tiny_root, tmp
     tested = json.loads((tmp_path / "t" / "test_results.json").read_text())
     assert tested["foreground_share"]["texture"] == pytest.approx(share, abs=1e-4)
     assert f"foreground share (Grad-CAM mass inside the object mask): texture {100 * share:.1f}%" in proc.stdout
-    from vidlit.report import main as report
+    from vidlit.commands.report import main as report
 
     shutil.copytree(run, tmp_path / "runs" / "r", ignore=shutil.ignore_patterns("wandb", "checkpoints"))
     import contextlib
@@ -258,7 +258,7 @@ def test_fit_reports_foreground_share_in_results_report_and_wandb(tiny_root, tmp
 
 
 def test_data_without_masks_has_no_score(tiny_root, tmp_path):
-    from vidlit.saliency import ForegroundShare
+    from vidlit.callbacks.saliency import ForegroundShare
 
     root = tmp_path / "nomask"
     shutil.copytree(tiny_root, root, ignore=shutil.ignore_patterns("*.mask.npz"))

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from tests.helpers import TINY_FLAGS
-from vidlit.backbones import BACKBONES, NORM_PRESETS
-from vidlit.export import load_exported, onnx_unavailable, video_clip
-from vidlit.strategy import STRATEGIES
+from vidlit.models.backbones import BACKBONES, NORM_PRESETS
+from vidlit.commands.export import load_exported, onnx_unavailable
+from vidlit.inference.trained import video_clip
+from vidlit.models.strategy import STRATEGIES
 
 CLASSES = ["circle", "move_down", "move_left", "move_right", "move_up"]
 ATOL = 1e-4
@@ -29,7 +30,7 @@ FORMATS = ["torchscript", pytest.param("onnx", marks=needs_onnx)]
 @pytest.fixture(scope="module")
 def tiny3d_run(tiny_root, tmp_path_factory) -> str:
     """A real ``fit`` run (erm, tiny3d, 4x32x32 clips, 1 epoch): its last checkpoint."""
-    from vidlit.cli import run_cli
+    from vidlit.commands.cli import run_cli
 
     run_dir = str(tmp_path_factory.mktemp("export-run"))
     with pytest.MonkeyPatch.context() as mp:
@@ -59,7 +60,7 @@ def lightning_logits(ckpt: str, clips: torch.Tensor) -> torch.Tensor:
 
 
 def run_export(capsys, *args: str) -> tuple[int, str, str]:
-    from vidlit.cli import main
+    from vidlit.commands.main import main
 
     code = main(["export", *args])
     out = capsys.readouterr()
@@ -154,7 +155,7 @@ def test_bad_checkpoint_and_format_are_one_line_errors(tiny3d_run, tmp_path, cap
 
 
 def test_onnx_without_its_packages_names_the_extra(tiny3d_run, tmp_path, capsys, monkeypatch):
-    import vidlit.export as export
+    import vidlit.commands.export as export
 
     monkeypatch.setattr(export, "onnx_unavailable", lambda runtime=True: "onnxscript not installed (pip install 'vidlit[onnx]')")
     code, _, err = run_export(capsys, "--ckpt_path", tiny3d_run, "--format", "onnx", "--out", str(tmp_path))
@@ -163,7 +164,7 @@ def test_onnx_without_its_packages_names_the_extra(tiny3d_run, tmp_path, capsys,
 
 
 def test_bench_infer_quick(capsys):
-    from vidlit import bench
+    from vidlit.commands import bench
 
     assert bench.main(["infer", "--quick"]) == 0
     out = capsys.readouterr().out

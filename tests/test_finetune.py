@@ -9,9 +9,9 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from vidlit.data.fake import CLASSES, BalancedBatches, _SetEpoch, source_splits
-from vidlit.errors import VidlitError
-from vidlit.finetune import GradualUnfreeze
-from vidlit.strategy import STRATEGIES
+from vidlit.utils.errors import VidlitError
+from vidlit.callbacks.finetune import GradualUnfreeze
+from vidlit.models.strategy import STRATEGIES
 
 
 def small_data():

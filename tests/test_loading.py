@@ -21,7 +21,7 @@ from vidlit.data.clips import ClipDataset, ClipTransform, clip_indices
 from vidlit.data.datamodule import parse_views
 from vidlit.data.records import VideoRecord
 from vidlit.data.video_io import VideoDecodeError, decode_frames
-from vidlit.strategy import STRATEGIES
+from vidlit.models.strategy import STRATEGIES
 
 
 def make_dm(root: str, **kw) -> FolderDataModule:

@@ -7,8 +7,8 @@ import os
 import pytest
 
 from tests.helpers import TINY_FLAGS
-from vidlit import precision
-from vidlit.precision import default_precision, detect
+from vidlit.utils import precision
+from vidlit.utils.precision import default_precision, detect
 
 
 
@@ -60,7 +60,7 @@ def test_the_line_names_the_reason():
 def test_fit_uses_and_prints_the_choice(tiny_root, tmp_path, capsys, monkeypatch, flags, want):
     import yaml
 
-    from vidlit.cli import run_cli
+    from vidlit.commands.cli import run_cli
 
     monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo="/proc/cpuinfo": set(flags))
     run_dir = str(tmp_path / "run")
@@ -79,7 +79,7 @@ def test_fit_uses_and_prints_the_choice(tiny_root, tmp_path, capsys, monkeypatch
 
 
 def test_a_given_precision_is_kept_and_not_announced(tiny_root, tmp_path, capsys, monkeypatch):
-    from vidlit.cli import run_cli
+    from vidlit.commands.cli import run_cli
 
     monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo="/proc/cpuinfo": {"avx512_bf16"})
     cli = run_cli(["fit", "--data.root", tiny_root, "--trainer.default_root_dir", str(tmp_path / "run"), *TINY_FLAGS,

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from tests.helpers import TINY_FLAGS, run_vidlit
-from vidlit.backbones import BACKBONES, NORM_PRESETS, Backbone, build_backbone, hub_checkpoint_path, register_backbone
-from vidlit.weights import PretrainedWeightsError, WeightsInfo, WeightsNotCachedError, load_head
+from vidlit.models.backbones import BACKBONES, NORM_PRESETS, Backbone, build_backbone, hub_checkpoint_path, register_backbone
+from vidlit.models.weights import PretrainedWeightsError, WeightsInfo, WeightsNotCachedError, load_head
 
 #: registered backbones that have no published weights (``pretrained default`` is an error)
 NO_PUBLISHED_WEIGHTS = {"tiny3d"}
@@ -122,7 +122,7 @@ def _register_download_net(name: str, payload: bytes) -> str:
 
     @register_backbone(name, norm="simple", size=16, num_frames=2, weights=info)
     def _net(pretrained=None):
-        from vidlit.weights import load_weights
+        from vidlit.models.weights import load_weights
 
         net = _unit_net()
         load_weights(net, name, pretrained, url, ())
@@ -292,7 +292,7 @@ def test_inflated_network_on_a_boring_video_gives_the_2d_features(name):
     do not have."""
     from torchvision.models import get_model
 
-    from vidlit.inflate import inflate_state_dict
+    from vidlit.models.inflate import inflate_state_dict
 
     net2d = _random_resnet18(1)
     net3d = get_model(name, weights=None)
@@ -320,7 +320,7 @@ def test_inflated_network_on_a_boring_video_gives_the_2d_features(name):
 
 
 def test_imagenet_inflated_from_the_cache_with_imagenet_normalisation(hub):
-    from vidlit.inflate import inflate_kernel
+    from vidlit.models.inflate import inflate_kernel
 
     ref = _random_resnet18()
     _put_in_cache("resnet18", ref.state_dict())

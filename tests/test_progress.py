@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import pytest
 
 from tests.helpers import REPO, TINY_FLAGS, run_vidlit
-from vidlit import progress
+from vidlit.callbacks import progress
 
 EPOCH_LINE = re.compile(r"^Epoch (\d+)/1  train/loss [\d.e-]+  val/acc ([\d.e-]+)  val/loss [\d.e-]+  \| \d+ steps in \d+s, [\d.]+ clips/s")
 STEP_LINE = re.compile(r"^Epoch (\d+)/1  step (\d+)/6  train/loss [\d.e-]+  \| [\d.]+ steps/s, [\d.]+ clips/s, epoch ETA \d+s$")
@@ -37,7 +37,7 @@ def _check_epoch_lines(stdout: str, run_dir: str) -> None:
 
 def test_plain_bar_prints_epoch_and_step_lines_to_a_pipe(tiny_root, tmp_path):
     run_dir = str(tmp_path / "run")
-    proc = run_vidlit("fit", *_flags(tiny_root, run_dir), "--trainer.callbacks+=vidlit.progress.PlainProgressBar",
+    proc = run_vidlit("fit", *_flags(tiny_root, run_dir), "--trainer.callbacks+=vidlit.callbacks.progress.PlainProgressBar",
                       "--trainer.callbacks.every_n_steps=2", env={"WANDB_MODE": "disabled"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check_epoch_lines(proc.stdout, run_dir)
@@ -50,7 +50,7 @@ def test_plain_lines_are_flushed_while_the_run_goes_on(tiny_root, tmp_path):
     run_dir = str(tmp_path / "run")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     env["WANDB_MODE"] = "disabled"
-    args = [sys.executable, "-m", "vidlit", "fit", *_flags(tiny_root, run_dir), "--trainer.callbacks+=vidlit.progress.PlainProgressBar"]
+    args = [sys.executable, "-m", "vidlit", "fit", *_flags(tiny_root, run_dir), "--trainer.callbacks+=vidlit.callbacks.progress.PlainProgressBar"]
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         for line in proc.stdout:
@@ -66,7 +66,7 @@ def test_plain_lines_are_flushed_while_the_run_goes_on(tiny_root, tmp_path):
 
 
 @pytest.mark.skipif("progress_bar()" not in inspect.getsource(__import__("vidlit.cli").cli),
-                    reason="vidlit/cli.py does not use vidlit.progress.progress_bar() yet")
+                    reason="vidlit/cli.py does not use vidlit.callbacks.progress.progress_bar() yet")
 def test_default_fit_to_a_pipe_prints_plain_epoch_lines(tiny_root, tmp_path):
     run_dir = str(tmp_path / "run")
     proc = run_vidlit("fit", *_flags(tiny_root, run_dir), env={"WANDB_MODE": "disabled"})
@@ -83,7 +83,7 @@ def test_progress_bar_follows_isatty(monkeypatch):
 
 def test_rich_bar_one_sanity_bar_and_no_sanity_metrics_in_epoch_0(tiny_root):
     from vidlit.data.datamodule import DATAMODULES
-    from vidlit.strategy import STRATEGIES
+    from vidlit.models.strategy import STRATEGIES
 
     bar = progress.VidlitRichProgressBar()
     seen: dict = {}

@@ -46,7 +46,7 @@ def test_fit_and_validate_print_no_noise(tiny_root, tmp_path):
 
 
 def test_filters_are_narrow():
-    import vidlit.quiet as quiet
+    import vidlit.utils.quiet as quiet
 
     quiet.install()
     with warnings.catch_warnings(record=True) as caught:
@@ -66,7 +66,7 @@ def test_filters_are_narrow():
 def test_model_summary_has_no_flops_on_a_terminal_or_in_a_file(monkeypatch, capsys):
     import sys
 
-    from vidlit.tables import VidlitModelSummary
+    from vidlit.callbacks.tables import VidlitModelSummary
 
     data = [(" ", ["0", "1"]), ("Name", ["backbone", "head"]), ("Type", ["Backbone", "Linear"]), ("Params", ["410 K", "965"]),
             ("Mode", ["train", "train"]), ("FLOPs", ["0", "0"])]

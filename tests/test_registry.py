@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vidlit.backbones import BACKBONES, Backbone, PretrainedWeightsError, build_backbone, hub_checkpoint_path, register_backbone
-from vidlit.registry import Registry, UnknownNameError
+from vidlit.models.backbones import BACKBONES, Backbone, PretrainedWeightsError, build_backbone, hub_checkpoint_path, register_backbone
+from vidlit.utils.registry import Registry, UnknownNameError
 
 REQUIRED = {"r3d_18", "mc3_18", "r2plus1d_18", "s3d", "mvit_v2_s", "swin3d_t", "x3d_xs", "x3d_s", "x3d_m",
             "slow_r50", "slowfast_r50", "tsn_resnet18", "tsn_resnet50", "tsm_resnet18", "tsm_resnet50", "tiny3d"}
@@ -49,7 +49,7 @@ def test_tsm_shift_mixes_time():
         x2[:, :, 0] += 1.0  # change frame 0 only
         net = bb.net
         f = lambda v: net(v.transpose(1, 2).reshape(4, 3, 32, 32))  # noqa: E731 - per-frame features
-        from vidlit.backbones import TemporalShift
+        from vidlit.models.backbones import TemporalShift
 
         for m in net.modules():
             if isinstance(m, TemporalShift):

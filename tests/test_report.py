@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tests.helpers import run_vidlit
-from vidlit import report
+from vidlit.commands import report
 
 
 def _run(root, strategy, target, seed, test, val, *, epochs=12, backbone="tiny3d", draw=None, hparams=None,
@@ -183,7 +183,7 @@ def test_strategies_at_their_own_defaults_share_a_table(tmp_path):
 
 
 def test_wandb_agent_draws_are_selected_within_their_sweep_only(tmp_path, monkeypatch):
-    from vidlit.sweep import record_wandb_agent_run
+    from vidlit.run.sweep_record import record_wandb_agent_run
 
     root = str(tmp_path / "runs")
 

@@ -17,8 +17,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tests.helpers import REPO, run_vidlit
 from tests.test_reproducible import accuracies, assert_same_weights, final_weights, fit_args, load_results, reference_run
-from vidlit.loggers import WANDB_ID_FILE, read_wandb_file
-from vidlit.results import AtomicModelCheckpoint, HistoryCallback
+from vidlit.callbacks.loggers import WANDB_ID_FILE, read_wandb_file
+from vidlit.callbacks.checkpoint import AtomicModelCheckpoint
+from vidlit.callbacks.history import HistoryCallback
 
 # Lightning's TQDM bar prints "Epoch 1:  33%|###   | 2/6 [...]" (to stdout): steps done in the second epoch
 EPOCH1_STEP = re.compile(r"Epoch 1:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)")
@@ -96,7 +97,7 @@ def test_kill_mid_epoch_then_resume_matches_uninterrupted_run(tiny_root, tmp_pat
 
 
 def test_ckpt_path_last_needs_the_run_dir(tiny_root, capsys):
-    from vidlit.cli import main
+    from vidlit.commands.main import main
 
     assert main(["fit", "--data.root", tiny_root, "--ckpt_path", "last"]) == 2
     assert "--ckpt_path last resumes a run: also pass --trainer.default_root_dir" in capsys.readouterr().err
@@ -145,8 +146,8 @@ import json  # noqa: E402
 import shutil  # noqa: E402
 
 from tests.test_reproducible import STRATEGY_EPOCHS, strategy_args, strategy_reference  # noqa: E402
-from vidlit.callbacks import FAULT_ENV  # noqa: E402
-from vidlit.strategy import STRATEGIES  # noqa: E402
+from vidlit.utils.fault import FAULT_ENV
+from vidlit.models.strategy import STRATEGIES
 
 KILL_EPOCHS = STRATEGY_EPOCHS  # the kill is in epoch 1: two epochs train after the restart
 _strategy_args, _strategy_reference = strategy_args, strategy_reference

@@ -8,8 +8,8 @@ import shlex
 import numpy as np
 import pytest
 
-from vidlit import sweep
-from vidlit.strategy import STRATEGIES, Strategy
+from vidlit.commands import sweep
+from vidlit.models.strategy import STRATEGIES, Strategy
 
 
 @pytest.mark.parametrize("name", STRATEGIES.names())

@@ -8,7 +8,9 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from vidlit.results import AtomicModelCheckpoint, HistoryCallback, best_epoch_from_path
+from vidlit.callbacks.checkpoint import AtomicModelCheckpoint
+from vidlit.callbacks.history import HistoryCallback
+from vidlit.run.results import best_epoch_from_path
 
 # per epoch: source-val accuracy saturates at 1.0 from epoch 1; the loss keeps falling until epoch 3
 ACC = [0.6, 1.0, 1.0, 1.0, 1.0]

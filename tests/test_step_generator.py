@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from vidlit.strategy import Strategy
+from vidlit.models.strategy import Strategy
 
 
 class _Clips(Dataset):

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidlit import mixstyle as mixstyle_mod
-from vidlit.backbones import Backbone, _frames_forward, build_backbone
-from vidlit.losses import coral_penalty, cross_domain_partners, grad_reverse, grl_lambda, inject_grad, sample_beta
-from vidlit.mixstyle import MixStyleHooks, mix_statistics
-from vidlit.strategy import STRATEGIES
+from vidlit.models import mixstyle as mixstyle_mod
+from vidlit.models.backbones import Backbone, _frames_forward, build_backbone
+from vidlit.models.losses import coral_penalty, cross_domain_partners, grad_reverse, grl_lambda, inject_grad, sample_beta
+from vidlit.models.mixstyle import MixStyleHooks, mix_statistics
+from vidlit.models.strategy import STRATEGIES
 from strategies.mldg import meta_objective
 
 K, C = 3, 3  # source domains, classes

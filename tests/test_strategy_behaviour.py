@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from vidlit.data.fake import fit_in_memory
-from vidlit.strategy import STRATEGIES
+from vidlit.models.strategy import STRATEGIES
 
 SEEDS = (0, 1)
 MARGIN = 0.10  # two seeds x 120 validation clips; measured gaps: old dann 0.28, every default <= 0.07

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.helpers import TINY_FLAGS, run_vidlit
-from vidlit import report, sweep
+from vidlit.commands import report, sweep
 
 
 def _tiny(root: str) -> list[str]:
@@ -112,7 +112,7 @@ def test_wandb_sweep_config_runs_vidlit_fit(tiny_root, tmp_path, capsys):
     point = {k: {"value": v["values"][-1]} for k, v in cfg["parameters"].items()}
     rendered = create_sweep_command_args({"args": point})["args"]
     fit_argv = [a for a in cfg["command"][3:-1]] + rendered
-    from vidlit.cli import run_cli
+    from vidlit.commands.cli import run_cli
 
     with pytest.raises(SystemExit) as exit_info:
         run_cli(fit_argv[1:] + ["--print_config"])

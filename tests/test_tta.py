@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from vidlit.errors import VidlitError
-from vidlit.metrics import PerDomainAccuracy
-from vidlit.strategy import STRATEGIES
-from vidlit.tta import TestTimeAdaptation, batchnorms, entropy
+from vidlit.utils.errors import VidlitError
+from vidlit.models.metrics import PerDomainAccuracy
+from vidlit.models.strategy import STRATEGIES
+from vidlit.callbacks.tta import TestTimeAdaptation, batchnorms, entropy
 
 BN = nn.modules.batchnorm._BatchNorm
 

@@ -13,7 +13,7 @@ from jsonargparse import Namespace
 
 from tests.test_reproducible import load_results, reference_run
 from vidlit.data.video_io import probe_video
-from vidlit.loggers import WANDB_ID_FILE, RunCSVLogger, VidlitWandbLogger, build_loggers, read_wandb_file, wandb_mode
+from vidlit.callbacks.loggers import WANDB_ID_FILE, RunCSVLogger, VidlitWandbLogger, build_loggers, read_wandb_file, wandb_mode
 
 
 def _decode(value_json: str):

@@ -1,7 +1,7 @@
 import os
 import sys
 
-from vidlit.cli import main
+from vidlit.commands.main import main
 
 
 def _run() -> int:

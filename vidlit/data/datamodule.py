@@ -17,14 +17,14 @@ import lightning.pytorch as pl
 import numpy as np
 from torch.utils.data import DataLoader
 
-from vidlit.backbones import BACKBONES
+from vidlit.models.backbones import BACKBONES
 from vidlit.data.clips import ClipDataset, ClipTransform
 from vidlit.data.decoders import RecordDecoder, resolve_decoder
 from vidlit.data.records import DataError, VideoRecord, check_classes, check_domains, holdout_split
 from vidlit.data.sampler import DomainBalancedBatchSampler, SourceTargetBatchSampler
 from vidlit.data.target import SourceTargetDataset, collate_source_target
 from vidlit.data.video_io import VideoDecodeError, probe_video
-from vidlit.registry import Registry
+from vidlit.utils.registry import Registry
 
 log = logging.getLogger("vidlit.data")
 DATAMODULES: Registry[type] = Registry("dataset", "--dataset")

@@ -95,10 +95,10 @@ def fit_in_memory(
     Lightning Trainer on :func:`source_splits`; returns the source-domain validation accuracy
     after the last epoch and the last logged metrics. About 10 s on one CPU thread.
 
-    ``callbacks``: more Trainer callbacks (e.g. :class:`vidlit.bgmix.BackgroundMix`). ``splits``:
+    ``callbacks``: more Trainer callbacks (e.g. :class:`vidlit.callbacks.bgmix.BackgroundMix`). ``splits``:
     (train, val, target) clips instead of :func:`source_splits` (e.g. :func:`shortcut_splits`); with
     a target split (all its clips in domain 0) the model is also tested on it, ``test/acc`` in the metrics."""
-    from vidlit.strategy import STRATEGIES
+    from vidlit.models.strategy import STRATEGIES
 
     train, val, target = splits if splits is not None else (*source_splits(), None)
     n_domains = int(train["domain"].max()) + 1

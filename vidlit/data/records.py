@@ -7,11 +7,7 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from vidlit.errors import VidlitError
-
-
-class DataError(VidlitError):
-    """Bad input data or data flags. ``str()`` is the user-facing message (one line per problem)."""
+from vidlit.utils.errors import DataError, VidlitError  # noqa: F401 - DataError re-exported (its old home)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
-from vidlit.errors import VidlitError
+from vidlit.utils.errors import VidlitError
 
 # Frames a container's frame count may overstate (headers are sometimes one or two frames long).
 # A clip reaching past the decodable end by at most this many frames repeats the last frame;

@@ -1,0 +1,74 @@
+"""Foreground share: Grad-CAM mass inside the moving object's mask, per held-out domain, at the end of test."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from vidlit.inference.gradcam import explain_clips, pick_per_domain
+from vidlit.utils.errors import VidlitError
+
+
+class ForegroundShare(Callback):
+    """At the end of ``test`` (so on the best checkpoint at the end of every ``fit``): Grad-CAM on
+    up to ``clips_per_domain`` clips of each target domain (the test set, one view, the classes in
+    turn) and, when the data has object masks (the embedded set has), the foreground share per
+    domain: the mean over clips of saliency mass inside the object mask / total mass. Written to
+    ``results.json`` as ``foreground_share`` (null without masks) and shown by ``vidlit report``.
+
+    Args:
+        clips_per_domain: clips explained per target domain (0 = off).
+        batch_size: clips per Grad-CAM forward/backward pass.
+        stage: backbone stage to attach to (default: the last stage with positions left).
+    """
+
+    def __init__(self, clips_per_domain: int = 16, batch_size: int = 8, stage: Optional[str] = None) -> None:
+        if clips_per_domain < 0 or batch_size < 1:
+            raise VidlitError("--saliency.clips_per_domain must be >= 0 and --saliency.batch_size >= 1")
+        self.clips_per_domain, self.batch_size, self.stage = int(clips_per_domain), int(batch_size), stage
+        self.result: Optional[dict[str, Any]] = None
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.result = None
+
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        dataset = getattr(getattr(trainer, "datamodule", None), "test_set", None)
+        if not trainer.is_global_zero or self.clips_per_domain == 0 or dataset is None or not getattr(dataset, "masks", False):
+            return
+        picks = pick_per_domain(dataset.domain_ids, dataset.labels, self.clips_per_domain)
+        share: dict[str, Optional[float]] = {}
+        clips: dict[str, int] = {}
+        area: dict[str, float] = {}
+        stage = ""
+        for d, idx in picks.items():
+            items = [dataset[i] for i in idx]
+            sal = explain_clips(pl_module, torch.stack([it["video"] for it in items]), self.batch_size, self.stage)
+            masks = torch.stack([it["mask"] for it in items])
+            values = sal.foreground_share(masks)
+            ok = values[~values.isnan()]
+            name = str(dataset.domains[d])
+            area[name] = round(float(masks.float().mean()), 6)
+            share[name] = round(float(ok.mean()), 6) if len(ok) else None
+            clips[name], stage = int(len(ok)), sal.stage
+        self.result = {
+            "foreground_share": share,
+            # mask_area: the object's share of the pixels, what a map spread evenly would score
+            "foreground_share_info": {"clips": clips, "mask_area": area, "stage": stage, "explained": "predicted class"},
+        }
+
+
+def foreground_line(share: dict[str, Optional[float]]) -> str:
+    """The line ``fit`` and ``test`` print: ``foreground share (...): texture 6.5%``."""
+    cells = ", ".join(f"{d} {'-' if v is None else f'{100 * v:.1f}%'}" for d, v in share.items())
+    return f"foreground share (Grad-CAM mass inside the object mask): {cells}"
+
+
+def saliency_results(trainer: pl.Trainer) -> dict[str, Any]:
+    """``results.json`` entries from the trainer's :class:`ForegroundShare` callback
+    (``foreground_share``: null when the data has no masks or the callback is off)."""
+    for cb in trainer.callbacks:
+        if isinstance(cb, ForegroundShare) and cb.result is not None:
+            return dict(cb.result)
+    return {"foreground_share": None}

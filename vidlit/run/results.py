@@ -1,0 +1,153 @@
+"""Per-epoch history, ``results.json`` and the per-domain table printed at the end of ``fit``."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+
+from vidlit.run.files import RESULTS_FILE
+from vidlit.utils.io import fsync
+
+
+def _f(x: Any) -> Optional[float]:
+    if x is None:
+        return None
+    v = float(x.item() if isinstance(x, torch.Tensor) else x)
+    return None if math.isnan(v) else round(v, 6)
+
+
+def best_epoch_from_path(path: str) -> Optional[int]:
+    m = re.search(r"epoch=(\d+)", os.path.basename(path or ""))
+    return int(m.group(1)) if m else None
+
+
+def build_results(
+    trainer: pl.Trainer,
+    module: pl.LightningModule,
+    datamodule: Any,
+    history: list[dict],
+    best_checkpoint: str,
+    meta: dict,
+) -> dict:
+    """The results dictionary (accuracies are fractions in [0, 1])."""
+    m = trainer.callback_metrics
+    best_epoch = best_epoch_from_path(best_checkpoint)
+    rows = [h for h in history if h["epoch"] == best_epoch]
+    if not rows and history:  # no epoch in the file name: the first best, as ModelCheckpoint keeps it
+        rows = [max(history, key=lambda h: (h["val_acc"] or -1, -(h.get("val_loss") if h.get("val_loss") is not None else math.inf), -h["epoch"]))]
+    best = rows[0] if rows else {}
+    targets = list(datamodule.target_domains)
+    oracle = [h for h in history if h.get("target_acc") is not None]
+    oracle_best = max(oracle, key=lambda h: (h["target_acc"], -h["epoch"])) if oracle else None
+    return {
+        **meta,
+        "source_domains": list(datamodule.source_domains),
+        "target_domains": targets,
+        "class_names": list(datamodule.class_names),
+        "val_acc": best.get("val_acc"),
+        "val_loss": best.get("val_loss"),
+        "val_acc_per_domain": best.get("val_acc_per_domain", {}),
+        "test_acc": _f(m.get("test/acc")),
+        "test_acc_per_domain": {d: _f(m.get(f"test/acc/{d}")) for d in targets},
+        "best_epoch": best.get("epoch", best_epoch),
+        "best_checkpoint": os.path.abspath(best_checkpoint) if best_checkpoint else None,
+        "oracle_test_acc": oracle_best["target_acc"] if oracle_best else None,
+        "oracle_epoch": oracle_best["epoch"] if oracle_best else None,
+        "epochs_run": len(history),
+        "bad_videos": int(sum(h.get("bad_videos") or 0 for h in history)),
+        # videos left out before training by --data.on_bad_video skip, per split (bad_videos: training
+        # clips replaced later, when a video failed to decode mid-run)
+        "skipped_videos": datamodule.skipped_counts() if hasattr(datamodule, "skipped_counts") else {},
+        # Grad-CAM mass inside the object mask per target domain (vidlit.saliency; null without masks)
+        **_saliency_results(trainer),
+        "history": history,
+    }
+
+
+def epoch_selected(history: list[dict], epoch: Optional[int]) -> Optional[dict]:
+    """The epoch-selected model of a weight-averaged run (``--average.method swad|ema``), the run
+    *without* averaging: its epoch, source-validation accuracy and loss, and held-out accuracy as
+    measured at that epoch's validation (``val_target``, the same weights the epoch's checkpoint
+    holds: for a run without averaging it equals ``test_acc``). Averaging does not change the
+    training trajectory, so one averaged run also gives the comparison without it. None when the
+    history has no held-out accuracy for ``epoch``."""
+    rows = [h for h in history if h.get("epoch") == epoch and h.get("target_acc") is not None]
+    if not rows:
+        return None
+    row = rows[0]
+    return {"best_epoch": epoch, "val_acc": row.get("val_acc"), "val_loss": row.get("val_loss"),
+            "test_acc": row["target_acc"], "test_acc_per_domain": row.get("target_acc_per_domain", {})}
+
+
+def unaveraged(results: dict) -> Optional[dict]:
+    """:func:`epoch_selected` of a finished averaged run's ``results.json`` (its
+    ``average.unaveraged``, or, for runs written before that entry existed, the history at
+    ``best_epoch``); None for a run without averaging or whose averaging was interrupted."""
+    avg = results.get("average") or {}
+    if avg.get("method") in (None, "none") or avg.get("interrupted"):
+        return None
+    return avg.get("unaveraged") or epoch_selected(results.get("history") or [], results.get("best_epoch"))
+
+
+def _saliency_results(trainer: pl.Trainer) -> dict:
+    from vidlit.callbacks.saliency import saliency_results
+
+    return saliency_results(trainer)
+
+
+def write_results(run_dir: str, results: dict) -> str:
+    """Write ``results.json`` atomically; returns its path."""
+    from vidlit.utils.fault import fault_point
+
+    os.makedirs(run_dir, exist_ok=True)
+    path = os.path.join(run_dir, RESULTS_FILE)
+    with open(path + ".tmp", "w") as fh:
+        json.dump(results, fh, indent=2)
+        fh.flush()
+        fault_point("results_write")
+    fsync(path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def print_table(results: dict, path: str) -> None:
+    """Per-domain table: source-domain validation and held-out target-domain test accuracy."""
+    from rich.console import Console
+    from rich.table import Table
+
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    raw = unaveraged(results)
+    which = f"of the {results['average']['method'].upper()}-averaged model" if raw is not None else f"at best epoch {results['best_epoch']}"
+    table = Table(title=f"{results['strategy']} on {results['backbone']}: accuracy (%) {which}")
+    table.add_column("domain")
+    table.add_column("role")
+    table.add_column("accuracy", justify="right")
+    for d, v in results["val_acc_per_domain"].items():
+        table.add_row(d, "source (val split)", pct(v))
+    for d, v in results["test_acc_per_domain"].items():
+        table.add_row(d, "target (held out)", pct(v))
+    table.add_section()
+    table.add_row("mean", "source val", pct(results["val_acc"]))
+    table.add_row("mean", "target test", pct(results["test_acc"]))
+    gap = None if results["val_acc"] is None or results["test_acc"] is None else results["val_acc"] - results["test_acc"]
+    table.add_row("gap", "source - target", pct(gap))
+    console = Console()
+    console.print(table)
+    if raw is not None:
+        console.print(f"without averaging (best epoch {raw['best_epoch']}): source val {pct(raw['val_acc'])}, "
+                      f"target test {pct(raw['test_acc'])}")
+    if results.get("bad_videos"):
+        console.print(f"bad videos replaced during training: {results['bad_videos']}")
+    if any((results.get("skipped_videos") or {}).values()):
+        counts = ", ".join(f"{k} {v}" for k, v in results["skipped_videos"].items())
+        console.print(f"unreadable videos left out (--data.on_bad_video skip): {counts}")
+    if results.get("foreground_share"):
+        from vidlit.callbacks.saliency import foreground_line
+
+        console.print(foreground_line(results["foreground_share"]))
+    console.print(f"results: {path}")

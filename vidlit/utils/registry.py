@@ -1,0 +1,94 @@
+"""A small name -> object registry shared by backbones, strategies and datasets.
+
+Modelled on timm's ``register_model``: a decorator adds an entry under a lowercase name and
+an unknown name fails with the list of valid ones.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Callable, Dict, Generic, Iterator, TypeVar
+
+from vidlit.utils.errors import VidlitError
+
+
+def init_arg_names(cls: type, stop: type = object) -> set[str]:
+    """Keyword arguments of ``cls.__init__`` over its class hierarchy up to (not including) ``stop``
+    (arguments forwarded with ``**kwargs`` to a base count as the class's own)."""
+    import inspect
+
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is stop or klass is object:
+            break
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            params = inspect.signature(init).parameters
+        except (TypeError, ValueError):
+            continue
+        names |= {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return names
+
+T = TypeVar("T")
+
+
+class UnknownNameError(VidlitError, KeyError):
+    """Raised for a name that is not registered; ``str()`` is a one-line user-facing message."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    """Maps lowercase names to objects (builder functions or classes)."""
+
+    def __init__(self, kind: str, flag: str) -> None:
+        self.kind = kind  # e.g. "backbone"
+        self.flag = flag  # e.g. "--backbone", used in error messages
+        self._entries: Dict[str, T] = {}
+        self._packages: list[str] = []
+
+    def register(self, name: str) -> Callable[[T], T]:
+        key = name.lower()
+
+        def deco(obj: T) -> T:
+            if key in self._entries and self._entries[key] is not obj:
+                raise ValueError(f"{self.kind} '{key}' is registered twice")
+            self._entries[key] = obj
+            return obj
+
+        return deco
+
+    def scan(self, package: str) -> None:
+        """Import every module of ``package`` so that dropping a file there registers it."""
+        self._packages.append(package)
+
+    def _load(self) -> None:
+        while self._packages:
+            package = self._packages.pop(0)
+            pkg = importlib.import_module(package)
+            for info in pkgutil.iter_modules(pkg.__path__):
+                if not info.name.startswith("_"):
+                    importlib.import_module(f"{package}.{info.name}")
+
+    def get(self, name: str) -> T:
+        self._load()
+        key = str(name).lower()
+        if key not in self._entries:
+            raise UnknownNameError(
+                f"unknown {self.kind} '{name}' for {self.flag}; valid names: {', '.join(self.names())}"
+            )
+        return self._entries[key]
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        self._load()
+        return str(name).lower() in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
