@@ -30,6 +30,13 @@ class ForegroundShare(Callback):
         self.clips_per_domain, self.batch_size, self.stage = int(clips_per_domain), int(batch_size), stage
         self.result: Optional[dict[str, Any]] = None
 
+    def results_entries(self, trainer: pl.Trainer, stage: str) -> dict[str, Any]:
+        """``foreground_share`` for ``results.json`` and ``test_results.json`` (null without masks)."""
+        return saliency_results(trainer) if stage in ("fit", "test") else {}
+
+    def results_lines(self, results: dict) -> list[str]:
+        return [foreground_line(results["foreground_share"])] if results.get("foreground_share") else []
+
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.result = None
 

@@ -198,6 +198,10 @@ class TestTimeAdaptation(Callback):
             m.training = saved["training"].get(n, m.training)
 
     # ----------------------------------------------------------------- hooks
+    def results_entries(self, trainer: pl.Trainer, stage: str) -> dict:
+        """``tta``: how the last test adapted (method, settings, clips per domain); nothing when off."""
+        return tta_results(trainer) if stage in ("fit", "test") else {}
+
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.active:
             return

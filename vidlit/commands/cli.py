@@ -39,6 +39,8 @@ from vidlit.run.results import (
     best_epoch_from_path,
     build_results,
     epoch_selected,
+    callback_entries,
+    callback_lines,
     print_table,
     write_results,
 )
@@ -324,15 +326,12 @@ class VidlitCLI(LightningCLI):
             if not results["average"].get("interrupted"):
                 results["average"] = {**results["average"], "unaveraged": epoch_selected(
                     self.history.history, best_epoch_from_path(selected) if selected else results.get("best_epoch"))}
-        from vidlit.callbacks.tta import tta_results
-
-        results.update(tta_results(trainer))  # --tta.method adabn|tent: how the test adapted
         if trainer.is_global_zero:
             path = write_results(self.run_dir, results)
             from vidlit.run.sweep_record import record_wandb_agent_run
 
             record_wandb_agent_run(self.run_dir, "done")
-            print_table(results, path)
+            print_table(results, path, callback_lines(trainer, results))
             from vidlit.callbacks.loggers import finish_loggers
 
             finish_loggers(trainer, self.model, results)
@@ -395,13 +394,7 @@ class VidlitCLI(LightningCLI):
             results[f"{key}_acc_per_domain"] = {d: _metric(m, f"{prefix}/acc/{d}") for d in names.get(role, [])}
         if subcommand == "validate":
             results["val_loss"] = _metric(m, "val/loss")
-        from vidlit.callbacks.tta import tta_results
-
-        results.update(tta_results(trainer))  # --tta.method adabn|tent (test only)
-        from vidlit.callbacks.saliency import foreground_line, saliency_results
-
-        if subcommand == "test":  # Grad-CAM mass inside the object mask per target domain (null without masks)
-            results.update(saliency_results(trainer))
+        results.update(callback_entries(trainer, subcommand))  # --tta.*, foreground share, ...
         results["wall_time_s"] = round(time.time() - self.start_time, 2)
         os.makedirs(self.run_dir, exist_ok=True)
         path = os.path.join(self.run_dir, f"{subcommand}_results.json")
@@ -410,8 +403,8 @@ class VidlitCLI(LightningCLI):
 
             json.dump(results, fh, indent=2)
         os.replace(path + ".tmp", path)
-        if results.get("foreground_share"):
-            print(foreground_line(results["foreground_share"]), flush=True)
+        for line in callback_lines(trainer, results):
+            print(line, flush=True)
         print(f"results: {path}", flush=True)
 
 

@@ -5,7 +5,6 @@ import json
 import os
 from typing import Any, Optional
 
-import torch
 import yaml
 
 from vidlit.run.rundir import checkpoint_run_dir
@@ -59,6 +58,8 @@ def trained_run_info(path: str) -> dict:
                 return {"class_names": list(res["class_names"]), "source_domains": list(res.get("source_domains") or [])}
     if os.path.isfile(path) and not path.endswith(".json"):
         try:  # checkpoints are untrusted input: never unpickle arbitrary objects
+            import torch
+
             ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as err:  # noqa: BLE001 - torch raises several types for unsafe or broken files
             from vidlit.utils.errors import unpickling_reason
@@ -90,6 +91,8 @@ def load_checkpoint(path: str) -> dict:
     import torch
 
     try:
+        import torch
+
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
         raise VidlitError(f"--ckpt_path: checkpoint '{path}' refused (torch.load weights_only=True): {unpickling_reason(err)}") from None

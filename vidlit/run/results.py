@@ -5,19 +5,20 @@ import json
 import math
 import os
 import re
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-import lightning.pytorch as pl
-import torch
 
 from vidlit.run.files import RESULTS_FILE
 from vidlit.utils.io import fsync
+
+if TYPE_CHECKING:  # Lightning is imported only by the code that trains (report reads results without it)
+    import lightning.pytorch as pl
 
 
 def _f(x: Any) -> Optional[float]:
     if x is None:
         return None
-    v = float(x.item() if isinstance(x, torch.Tensor) else x)
+    v = float(x.item() if hasattr(x, "item") else x)
     return None if math.isnan(v) else round(v, 6)
 
 
@@ -63,8 +64,8 @@ def build_results(
         # videos left out before training by --data.on_bad_video skip, per split (bad_videos: training
         # clips replaced later, when a video failed to decode mid-run)
         "skipped_videos": datamodule.skipped_counts() if hasattr(datamodule, "skipped_counts") else {},
-        # Grad-CAM mass inside the object mask per target domain (vidlit.saliency; null without masks)
-        **_saliency_results(trainer),
+        # what the run's callbacks add (foreground share, test-time adaptation, ...)
+        **callback_entries(trainer, "fit"),
         "history": history,
     }
 
@@ -94,10 +95,26 @@ def unaveraged(results: dict) -> Optional[dict]:
     return avg.get("unaveraged") or epoch_selected(results.get("history") or [], results.get("best_epoch"))
 
 
-def _saliency_results(trainer: pl.Trainer) -> dict:
-    from vidlit.callbacks.saliency import saliency_results
+def callback_entries(trainer: pl.Trainer, stage: str) -> dict:
+    """The entries the trainer's callbacks add to a results file: every callback with a
+    ``results_entries(trainer, stage) -> dict`` method (``stage``: ``fit`` for ``results.json``,
+    ``validate`` or ``test`` for the eval commands' files), in callback order."""
+    out: dict = {}
+    for cb in trainer.callbacks:
+        hook = getattr(cb, "results_entries", None)
+        if callable(hook):
+            out.update(hook(trainer, stage) or {})
+    return out
 
-    return saliency_results(trainer)
+
+def callback_lines(trainer: pl.Trainer, results: dict) -> list[str]:
+    """Lines the trainer's callbacks print under a results table (``results_lines(results)``)."""
+    lines: list[str] = []
+    for cb in trainer.callbacks:
+        hook = getattr(cb, "results_lines", None)
+        if callable(hook):
+            lines += list(hook(results) or [])
+    return lines
 
 
 def write_results(run_dir: str, results: dict) -> str:
@@ -115,7 +132,7 @@ def write_results(run_dir: str, results: dict) -> str:
     return path
 
 
-def print_table(results: dict, path: str) -> None:
+def print_table(results: dict, path: str, lines: Sequence[str] = ()) -> None:
     """Per-domain table: source-domain validation and held-out target-domain test accuracy."""
     from rich.console import Console
     from rich.table import Table
@@ -146,8 +163,6 @@ def print_table(results: dict, path: str) -> None:
     if any((results.get("skipped_videos") or {}).values()):
         counts = ", ".join(f"{k} {v}" for k, v in results["skipped_videos"].items())
         console.print(f"unreadable videos left out (--data.on_bad_video skip): {counts}")
-    if results.get("foreground_share"):
-        from vidlit.callbacks.saliency import foreground_line
-
-        console.print(foreground_line(results["foreground_share"]))
+    for line in lines:  # the callbacks' own lines (callback_lines)
+        console.print(line)
     console.print(f"results: {path}")

@@ -41,6 +41,36 @@ class UnknownNameError(VidlitError, KeyError):
         return str(self.args[0])
 
 
+def plugin_package(name: str):
+    """The plugin folder ``name`` beside the ``vidlit`` package (``strategies/``, ``datamodules/``),
+    imported as the top-level package ``name`` from that folder whatever else ``sys.path`` holds; a
+    different package already imported under that name is a one-line error naming both."""
+    import importlib.util
+    import os
+    import sys
+
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), name)
+    init = os.path.join(folder, "__init__.py")
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        where = os.path.dirname(os.path.abspath(getattr(loaded, "__file__", None) or "?"))
+        if os.path.isfile(init) and where != folder:
+            raise VidlitError(f"another package named '{name}' ({where}) was imported before vidlit's plugin folder "
+                              f"{folder}; rename that package or import vidlit first")
+        return loaded
+    if not os.path.isfile(init):  # an install without the plugin folders: whatever the name imports
+        return importlib.import_module(name)
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[folder])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
 class Registry(Generic[T]):
     """Maps lowercase names to objects (builder functions or classes)."""
 
@@ -62,13 +92,16 @@ class Registry(Generic[T]):
         return deco
 
     def scan(self, package: str) -> None:
-        """Import every module of ``package`` so that dropping a file there registers it."""
+        """Import every module of ``package`` so that dropping a file there registers it.
+
+        ``package`` is one of the plugin folders beside ``vidlit/`` (``strategies``, ``datamodules``):
+        that folder is imported, never another installed package of the same name."""
         self._packages.append(package)
 
     def _load(self) -> None:
         while self._packages:
             package = self._packages.pop(0)
-            pkg = importlib.import_module(package)
+            pkg = plugin_package(package)
             for info in pkgutil.iter_modules(pkg.__path__):
                 if not info.name.startswith("_"):
                     importlib.import_module(f"{package}.{info.name}")
