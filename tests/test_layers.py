@@ -141,7 +141,10 @@ def test_help_and_report_import_neither_torch_nor_lightning(tmp_path):
             "code = main(sys.argv[1:])\n"
             "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning', 'torchvision'))\n"
             "print('HEAVY', heavy[:5])\n")
-    for argv in (["--help"], ["report", str(tmp_path)]):
+    from benchmarks.cli import make_runs
+
+    make_runs(str(tmp_path / "runs"), n_targets=2, n_seeds=2)
+    for argv in (["--help"], ["report", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]):
         proc = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, capture_output=True, text=True, timeout=120)
         assert "HEAVY []" in proc.stdout, (argv, proc.stdout[-1500:], proc.stderr[-1500:])
 
@@ -161,3 +164,26 @@ def test_plugin_discovery_is_not_fooled_by_another_package_of_the_same_name(tmp_
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "'erm'" in proc.stdout and "'dann'" in proc.stdout
     assert os.path.join(REPO, "strategies", "__init__.py") in proc.stdout
+
+
+def test_report_reads_every_strategys_defaults_from_its_source_as_the_class_has_them():
+    """``report`` compares settings with each strategy's defaults without importing torch: the
+    defaults read from the source equal the imported class's, for every registered strategy."""
+    import inspect
+
+    from vidlit.commands import report
+    from vidlit.models.strategy import STRATEGIES, Strategy
+
+    for name in STRATEGIES.names():
+        assert report._declared_chain(name) is not None, name
+        expected = {}
+        for klass in reversed(STRATEGIES.get(name).__mro__):
+            init = klass.__dict__.get("__init__")
+            if init is None or klass is object:
+                continue
+            for p in inspect.signature(init).parameters.values():
+                if p.default is not inspect.Parameter.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                    expected[f"model.{p.name}"] = p.default
+        assert report._strategy_defaults(name) == expected, name
+    params = {f"model.{n}" for n in inspect.signature(Strategy.__init__).parameters if n not in ("self", "args", "kwargs")}
+    assert report._strategy_params() == params

@@ -14,7 +14,7 @@ import sys
 from types import ModuleType
 from typing import Optional, Sequence
 
-NAMES = ("loop", "loader", "strategies", "precision", "ddp", "demo", "defaults_search", "transfer_curve", "infer", "averaging_effect", "bgmix_shortcut")
+NAMES = ("cli", "loop", "loader", "strategies", "precision", "ddp", "demo", "defaults_search", "transfer_curve", "infer", "averaging_effect", "bgmix_shortcut")
 #: what ``--quick`` (a tiny smoke run) means for the benchmarks that have no ``--quick`` of their own
 QUICK = {
     "loader": ["--reps", "1", "--epochs_per_rep", "1", "--workers", "1", "--videos_per_class", "1", "--seconds", "1",
@@ -33,7 +33,7 @@ class BenchmarkNotFound(ImportError):
 
 def repo_root() -> str:
     """The checkout holding this package (``vidlit/`` and ``benchmarks/`` side by side)."""
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def load(name: str) -> ModuleType:

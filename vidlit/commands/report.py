@@ -150,16 +150,85 @@ def find_runs(root: str) -> tuple[list[dict], list[tuple[str, str]]]:
     return results, problems
 
 
+def _declared_classes() -> dict[str, dict]:
+    """Every class of ``vidlit/models/strategy.py`` and ``strategies/*.py`` as its source declares
+    it, read without importing (``report`` stays clear of torch): ``{class: {"bases", "defaults",
+    "params", "registered", "exact"}}``; ``exact`` is False when a default is not a literal."""
+    import ast
+
+    from vidlit.utils.registry import plugin_folder
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = [os.path.join(here, "models", "strategy.py")]
+    folder = plugin_folder("strategies")
+    if folder and os.path.isdir(folder):
+        files += sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".py") and not f.startswith("_"))
+    classes: dict[str, dict] = {}
+    for path in files:
+        try:
+            with open(path) as fh:
+                tree = ast.parse(fh.read())
+        except (OSError, SyntaxError):
+            continue
+        for node in tree.body:
+            if not isinstance(node, ast.ClassDef):
+                continue
+            registered = [d.args[0].value for d in node.decorator_list
+                          if isinstance(d, ast.Call) and getattr(d.func, "id", None) == "register_strategy"
+                          and d.args and isinstance(d.args[0], ast.Constant)]
+            info = {"bases": [b.id for b in node.bases if isinstance(b, ast.Name)], "defaults": {}, "params": [],
+                    "registered": registered, "exact": True, "has_init": False}
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                    info["has_init"] = True
+                    args = item.args.args[1:] + item.args.kwonlyargs
+                    defaults = [None] * (len(item.args.args[1:]) - len(item.args.defaults)) + list(item.args.defaults) + list(item.args.kw_defaults)
+                    for arg, default in zip(args, defaults):
+                        info["params"].append(arg.arg)
+                        if default is None:
+                            continue
+                        try:
+                            info["defaults"][arg.arg] = ast.literal_eval(default)
+                        except ValueError:
+                            info["exact"] = False
+            classes[node.name] = info
+    return classes
+
+
+def _declared_chain(name: Optional[str]) -> Optional[list[dict]]:
+    """The declared classes of registered strategy ``name``, base first; None when it cannot be
+    read exactly from the source (then :func:`_strategy_defaults` imports it)."""
+    classes = _declared_classes()
+    cls = next((c for c, info in classes.items() if str(name).lower() in [r.lower() for r in info["registered"]]), None)
+    chain: list[dict] = []
+    while cls is not None:
+        info = classes.get(cls)
+        if info is None or not info["exact"] or len(info["bases"]) > 1:
+            return None
+        chain.append(info)
+        if cls == "Strategy":
+            return list(reversed(chain))
+        cls = info["bases"][0] if info["bases"] else None
+    return None
+
+
 def _strategy_defaults(name: Optional[str]) -> dict[str, Any]:
     """``{"model.NAME": default}`` of a registered strategy (the most derived class's default wins:
-    dann's own ``betas`` default, not the base class's); empty when the strategy is unknown here."""
+    dann's own ``betas`` default, not the base class's); empty when the strategy is unknown here.
+    Read from the source when every default is a literal, else from the imported class."""
+    chain = _declared_chain(name)
+    if chain is not None:
+        out: dict[str, Any] = {}
+        for info in chain:
+            out.update({f"model.{k}": v for k, v in info["defaults"].items()})
+        return out
     from vidlit.models.strategy import STRATEGIES
 
     try:
         cls = STRATEGIES.get(str(name))
     except Exception:  # noqa: BLE001 - a run of a strategy that no longer exists: compare raw values
         return {}
-    out: dict[str, Any] = {}
+    out = {}
     for klass in reversed(cls.__mro__):
         init = klass.__dict__.get("__init__")
         if init is None or klass is object:
@@ -180,6 +249,9 @@ def _same(a: Any, b: Any) -> bool:
 
 def _strategy_params() -> set[str]:
     """``model.*`` names every strategy has (the base class's arguments)."""
+    base = _declared_classes().get("Strategy")
+    if base is not None and base["params"]:
+        return {f"model.{n}" for n in base["params"]}
     from vidlit.models.strategy import Strategy
 
     return {f"model.{n}" for n in inspect.signature(Strategy.__init__).parameters if n not in ("self", "args", "kwargs")}

@@ -41,6 +41,13 @@ class UnknownNameError(VidlitError, KeyError):
         return str(self.args[0])
 
 
+def plugin_folder(name: str) -> str:
+    """The folder of plugin package ``name`` beside the ``vidlit`` package (``strategies``, ``datamodules``)."""
+    import os
+
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), name)
+
+
 def plugin_package(name: str):
     """The plugin folder ``name`` beside the ``vidlit`` package (``strategies/``, ``datamodules/``),
     imported as the top-level package ``name`` from that folder whatever else ``sys.path`` holds; a
@@ -49,7 +56,7 @@ def plugin_package(name: str):
     import os
     import sys
 
-    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), name)
+    folder = plugin_folder(name)
     init = os.path.join(folder, "__init__.py")
     loaded = sys.modules.get(name)
     if loaded is not None:
