@@ -11,8 +11,9 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
-from vidlit.utils.errors import VidlitError
+
 from vidlit.run.checkpoint import stamp
+from vidlit.utils.errors import VidlitError
 from vidlit.utils.io import fsync
 
 

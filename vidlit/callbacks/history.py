@@ -9,7 +9,15 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 from vidlit.run.files import WALL_TIME_FILE
-from vidlit.run.results import _f
+from vidlit.run.metric_names import (
+    VAL,
+    VAL_TARGET,
+    acc_key,
+    loss_key,
+    metric,
+    per_domain,
+)
+from vidlit.utils.io import write_json
 
 
 class HistoryCallback(Callback):
@@ -27,14 +35,14 @@ class HistoryCallback(Callback):
         row = {
             "epoch": trainer.current_epoch,
             "step": trainer.global_step,
-            "val_acc": _f(m.get("val/acc")),
-            "val_loss": _f(m.get("val/loss")),
-            "bad_videos": int(_f(m.get("data/bad_videos")) or 0),
-            "val_acc_per_domain": {d: _f(m.get(f"val/acc/{d}")) for d in names.get("val", [])},
+            "val_acc": metric(m, acc_key(VAL)),
+            "val_loss": metric(m, loss_key(VAL)),
+            "bad_videos": int(metric(m, "data/bad_videos") or 0),
+            "val_acc_per_domain": per_domain(m, VAL, names.get("val", [])),
         }
-        if "val_target/acc" in m:
-            row["target_acc"] = _f(m.get("val_target/acc"))
-            row["target_acc_per_domain"] = {d: _f(m.get(f"val_target/acc/{d}")) for d in names.get("test", [])}
+        if acc_key(VAL_TARGET) in m:
+            row["target_acc"] = metric(m, acc_key(VAL_TARGET))
+            row["target_acc_per_domain"] = per_domain(m, VAL_TARGET, names.get("test", []))
         self.history = [h for h in self.history if h["epoch"] != row["epoch"]] + [row]
 
     def state_dict(self) -> dict:
@@ -84,10 +92,7 @@ class WallClock(Callback):
         entries[self.key] = round(now - self.start_time, 3)
         if os.environ.get("LOCAL_RANK", "0") == "0" and int(os.environ.get("NODE_RANK", "0") or 0) == 0:
             try:
-                os.makedirs(os.path.dirname(self.path), exist_ok=True)
-                with open(self.path + ".tmp", "w") as fh:
-                    json.dump(entries, fh)
-                os.replace(self.path + ".tmp", self.path)
+                write_json(self.path, entries, indent=None)
                 self._fresh = False
             except OSError:
                 pass

@@ -33,6 +33,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from vidlit.run.files import RESULTS_FILE
+from vidlit.utils.io import write_text
 
 WANDB_ID_FILE = "wandb_run_id"
 DEFAULT_PROJECT = "vidlit"
@@ -107,10 +108,7 @@ def wandb_run_id(run_dir: str) -> str:
     if not run_id:
         run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
     if saved != run_id:
-        os.makedirs(run_dir, exist_ok=True)
-        with open(path + ".tmp", "w") as fh:
-            fh.write(run_id + "\n")
-        os.replace(path + ".tmp", path)
+        write_text(path, run_id + "\n")
     return run_id
 
 

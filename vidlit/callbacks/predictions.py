@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from vidlit.run.files import PREDICTIONS_FILE
+from vidlit.utils.io import atomic_write
 
 
 def _dataloaders(trainer: pl.Trainer) -> list:
@@ -105,12 +106,10 @@ class PredictionWriter(BasePredictionWriter):
         if not trainer.is_global_zero or not self.rows:
             return
         path = self.output_path(trainer)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path + ".tmp", "w", newline="") as fh:
+        with atomic_write(path, newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(self.rows[0]))
             w.writeheader()
             w.writerows(self.rows)
-        os.replace(path + ".tmp", path)
         self.written = path
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -14,6 +14,8 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelSummary, RichModelSummary
 
+from vidlit.run.metric_names import acc_key
+
 
 class VidlitModelSummary(ModelSummary):
     """Lightning's model summary (a Rich table on a terminal, text otherwise) without the FLOPs
@@ -145,7 +147,7 @@ class DomainResultsTable(pl.Callback):
 
 
 def _acc_rows(metrics: dict, prefix: str, domains: list[str], role: str) -> list[tuple[str, str, str]]:
-    rows = [(d, role, f"{100 * float(metrics[f'{prefix}/acc/{d}']):.1f}") for d in domains if f"{prefix}/acc/{d}" in metrics]
-    if rows and f"{prefix}/acc" in metrics:
-        rows.append(("mean", role, f"{100 * float(metrics[f'{prefix}/acc']):.1f}"))
+    rows = [(d, role, f"{100 * float(metrics[acc_key(prefix, d)]):.1f}") for d in domains if acc_key(prefix, d) in metrics]
+    if rows and acc_key(prefix) in metrics:
+        rows.append(("mean", role, f"{100 * float(metrics[acc_key(prefix)]):.1f}"))
     return rows

@@ -41,6 +41,7 @@ from vidlit.inference.trained import (
     load_trained,
 )
 from vidlit.utils.errors import MissingDependencyError, VidlitError
+from vidlit.utils.io import atomic_path, write_json
 
 FORMATS = {"torchscript": "model.pt", "onnx": "model.onnx"}
 META_FILE = "model.json"
@@ -173,9 +174,8 @@ def export(ckpt: str, fmt: str = "torchscript", out: Optional[str] = None, check
     path = os.path.join(out, FORMATS[fmt])
     net = ClipClassifier.from_strategy(trained.model)
     clips = example_clips(trained, batch=2)
-    (export_torchscript if fmt == "torchscript" else export_onnx)(net, clips, path + ".tmp" if fmt == "torchscript" else path)
-    if fmt == "torchscript":
-        os.replace(path + ".tmp", path)
+    with atomic_path(path, suffix=os.path.splitext(path)[1]) as tmp:
+        (export_torchscript if fmt == "torchscript" else export_onnx)(net, clips, tmp)
     entry: dict = {"file": os.path.basename(path)}
     if check and (fmt == "torchscript" or onnx_unavailable() is None):
         other = example_clips(trained, batch=3, seed=1)  # another batch size than the traced one
@@ -196,9 +196,7 @@ def export(ckpt: str, fmt: str = "torchscript", out: Optional[str] = None, check
                                 and os.path.isfile(os.path.join(out, v.get("file", "")))}, fmt: entry}
     except (OSError, ValueError, AttributeError):
         pass
-    with open(json_path + ".tmp", "w") as fh:
-        json.dump(meta, fh, indent=2)
-    os.replace(json_path + ".tmp", json_path)
+    write_json(json_path, meta)
     return {**meta, "format": fmt, "path": path, "json": json_path, **({"check": entry["check"]} if "check" in entry else {})}
 
 

@@ -12,6 +12,8 @@ import os
 
 import numpy as np
 
+from vidlit.utils.io import atomic_path
+
 MASK_SUFFIX = ".mask.npz"
 
 
@@ -27,10 +29,8 @@ def is_mask_file(name: str) -> bool:
 def write_mask(video_path: str, mask: np.ndarray) -> str:
     """Write ``mask`` ((T, H, W), nonzero = object) as the video's sidecar; returns its path."""
     path = mask_path(video_path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.npz"
-    np.savez_compressed(tmp, mask=(np.asarray(mask) > 0).astype(np.uint8))
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, mask=(np.asarray(mask) > 0).astype(np.uint8))
     return path
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from vidlit.data.masks import write_mask
 from vidlit.data.video_io import write_video
+from vidlit.utils.io import write_json
 
 DOMAINS = ("clean", "colour", "shaky", "texture")
 CLASSES = ("circle", "move_down", "move_left", "move_right", "move_up")
@@ -197,6 +198,4 @@ def _add_masks(root: str, marker: str, seed: int, frames: int, size: int) -> Non
                 _, mask = render_video(domain, cls, np.random.default_rng([int(meta.get("seed", seed)), di, ci, vi]), frames, size, with_mask=True)
                 write_mask(os.path.join(root, domain, cls, f"{domain}_{cls}_{vi:03d}.mp4"), mask)
     meta["masks"] = True
-    with open(marker + ".tmp", "w") as fh:
-        json.dump(meta, fh, indent=1)
-    os.replace(marker + ".tmp", marker)
+    write_json(marker, meta, indent=1)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from vidlit.run.metric_names import acc_key
 from vidlit.models.backbones import BACKBONES, NORM_PRESETS, build_backbone
 from vidlit.models.metrics import PerDomainAccuracy
 from vidlit.utils.registry import Registry, init_arg_names
@@ -271,8 +272,8 @@ class Strategy(pl.LightningModule):
     def _log_domains(self, prefix: str, metric: PerDomainAccuracy, names: list[str]) -> None:
         acc = metric.compute().reshape(-1)  # torchmetrics squeezes a single domain to 0-d
         for name, value in zip(names, acc):
-            self.log(f"{prefix}/acc/{name}", value.float(), add_dataloader_idx=False)
-        self.log(f"{prefix}/acc", acc.float().nanmean(), prog_bar=prefix == "val", add_dataloader_idx=False)
+            self.log(acc_key(prefix, name), value.float(), add_dataloader_idx=False)
+        self.log(acc_key(prefix), acc.float().nanmean(), prog_bar=prefix == "val", add_dataloader_idx=False)
         metric.reset()
 
     def on_validation_epoch_end(self) -> None:

@@ -9,17 +9,13 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 
 from vidlit.run.files import RESULTS_FILE
+from vidlit.run.metric_names import TEST, acc_key, metric, per_domain
 from vidlit.utils.io import fsync
 
 if TYPE_CHECKING:  # Lightning is imported only by the code that trains (report reads results without it)
     import lightning.pytorch as pl
 
 
-def _f(x: Any) -> Optional[float]:
-    if x is None:
-        return None
-    v = float(x.item() if hasattr(x, "item") else x)
-    return None if math.isnan(v) else round(v, 6)
 
 
 def best_epoch_from_path(path: str) -> Optional[int]:
@@ -53,8 +49,8 @@ def build_results(
         "val_acc": best.get("val_acc"),
         "val_loss": best.get("val_loss"),
         "val_acc_per_domain": best.get("val_acc_per_domain", {}),
-        "test_acc": _f(m.get("test/acc")),
-        "test_acc_per_domain": {d: _f(m.get(f"test/acc/{d}")) for d in targets},
+        "test_acc": metric(m, acc_key(TEST)),
+        "test_acc_per_domain": per_domain(m, TEST, targets),
         "best_epoch": best.get("epoch", best_epoch),
         "best_checkpoint": os.path.abspath(best_checkpoint) if best_checkpoint else None,
         "oracle_test_acc": oracle_best["target_acc"] if oracle_best else None,
