@@ -10,7 +10,8 @@ import yaml
 from vidlit.data.datamodule import DATAMODULES
 from vidlit.models.backbones import BACKBONES
 from vidlit.models.strategy import STRATEGIES
-from vidlit.run.checkpoint import LINKED, accepted_args, checkpoint_settings
+from vidlit.run.checkpoint import LINKED, checkpoint_settings
+from vidlit.utils.registry import init_arg_names
 from vidlit.run.rundir import checkpoint_run_dir
 from vidlit.utils.errors import VidlitError
 from vidlit.utils.registry import UnknownNameError
@@ -122,7 +123,7 @@ def with_checkpoint_settings(argv: list[str]) -> tuple[list[str], Optional[str]]
     for section, cls in (("model", STRATEGIES.get(strategy)), ("data", DATAMODULES.get(dataset))):
         values = found.get(section)
         if isinstance(values, dict):
-            ok = accepted_args(cls) - LINKED[section]
+            ok = init_arg_names(cls) - LINKED[section]
             if section == "data" and found.get("dataset") and str(found["dataset"]).lower() != dataset:
                 # another dataset format (e.g. predict --dataset files): the clip settings, not which videos
                 ok -= {"root", "source_domains", "target_domains", "classes", "videos", "run"}

@@ -84,14 +84,14 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, Any]]:
 def _datamodule(ckpt: str, trained: Any, dataset: Optional[str], overrides: dict[str, Any]) -> Any:
     """The checkpoint run's DataModule (its settings, then ``overrides``), indexed."""
     from vidlit.data.datamodule import DATAMODULES
-    from vidlit.run.checkpoint import LINKED as LINKED
-    from vidlit.run.checkpoint import accepted_args as accepted_args
+    from vidlit.run.checkpoint import LINKED
+    from vidlit.utils.registry import init_arg_names
     from vidlit.run.checkpoint import checkpoint_settings
 
     settings, _ = checkpoint_settings(ckpt)
     name = str(dataset or settings.get("dataset") or "folder").lower()
     cls = DATAMODULES.get(name)
-    ok = accepted_args(cls) - LINKED["data"]
+    ok = init_arg_names(cls) - LINKED["data"]
     values = {k: v for k, v in (settings.get("data") or {}).items() if k in ok}
     if dataset and str(settings.get("dataset") or "").lower() != name:
         values = {k: v for k, v in values.items() if k not in ("root", "source_domains", "target_domains", "classes")}

@@ -69,7 +69,7 @@ def load_trained(ckpt: str) -> Trained:
     ``results.json``. Checkpoints are loaded with ``weights_only=True``."""
     from vidlit.models.backbones import BACKBONES, NORM_PRESETS
     from vidlit.models.strategy import STRATEGIES
-    from vidlit.run.checkpoint import accepted_args as accepted_args
+    from vidlit.utils.registry import init_arg_names
     from vidlit.run.checkpoint import checkpoint_settings, load_checkpoint
 
     if not ckpt or not os.path.isfile(ckpt):
@@ -83,7 +83,7 @@ def load_trained(ckpt: str) -> Trained:
     settings, source = checkpoint_settings(ckpt)
     strategy = str(settings.get("strategy") or _state_names(state)[0] or "erm").lower()
     cls = STRATEGIES.get(strategy)
-    kwargs = {k: v for k, v in hp.items() if k in accepted_args(cls)}
+    kwargs = {k: v for k, v in hp.items() if k in init_arg_names(cls)}
     # every weight comes from the checkpoint: no pretrained download, no compile, no head file
     kwargs.update(pretrained=None, pretrained_head=False, compile=False, channels_last=False)
     try:

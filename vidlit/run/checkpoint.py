@@ -158,16 +158,3 @@ def checkpoint_settings(ckpt: str) -> tuple[dict, str]:
 LINKED = {"model": {"seed", "num_classes", "num_domains"}, "data": {"backbone", "seed"}}
 
 
-def accepted_args(cls: type) -> set[str]:
-    """Constructor argument names of ``cls``, following ``**kwargs`` into its base classes."""
-    import inspect
-
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass) or klass is object:
-            continue
-        params = inspect.signature(vars(klass)["__init__"]).parameters.values()
-        names |= {p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-        if not any(p.kind == p.VAR_KEYWORD for p in params):
-            break
-    return names

@@ -13,8 +13,9 @@ from vidlit.utils.errors import VidlitError
 
 
 def init_arg_names(cls: type, stop: type = object) -> set[str]:
-    """Keyword arguments of ``cls.__init__`` over its class hierarchy up to (not including) ``stop``
-    (arguments forwarded with ``**kwargs`` to a base count as the class's own)."""
+    """The constructor arguments ``cls`` accepts: its ``__init__``'s, and, where that takes
+    ``**kwargs``, its base classes' in turn, up to (not including) ``stop``. The one answer to
+    "which settings does this class take" (strategies, datamodules, the Trainer)."""
     import inspect
 
     names: set[str] = set()
@@ -29,6 +30,8 @@ def init_arg_names(cls: type, stop: type = object) -> set[str]:
         except (TypeError, ValueError):
             continue
         names |= {n for n, p in params.items() if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            break
     return names
 
 T = TypeVar("T")
