@@ -22,7 +22,10 @@ from torch import nn
 
 from vidlit.utils.errors import MissingDependencyError
 from vidlit.utils.registry import Registry
-from vidlit.models.weights import INFLATED, PretrainedWeightsError, WeightsInfo, is_vidlit_checkpoint, forget_file, load_checkpoint_backbone, load_weights, read_file, resolve, torchvision_info
+from vidlit.models.weights import (  # noqa: F401 - re-exported: the loading API lives in vidlit.models.weights
+    INFLATED, PretrainedWeightsError, WeightsInfo, WeightsNotCachedError, hub_checkpoint_path, is_vidlit_checkpoint,
+    forget_file, load_checkpoint_backbone, load_weights, read_file, resolve, torchvision_info,
+)
 
 #: (mean, std) per channel for each normalisation preset, applied to frames scaled to [0, 1].
 NORM_PRESETS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
