@@ -215,6 +215,35 @@ def test_swad_through_fit_reports_and_tests_the_averaged_model(tiny_root, tmp_pa
     assert f"without averaging (best epoch {ref['best_epoch']})" in proc.stdout
 
 
+def test_without_averaging_is_tested_like_the_averaged_model(tiny_root, tmp_path):
+    """With several test views and test-time adaptation, the run without averaging
+    (``average.unaveraged``, the epoch-selected checkpoint) is tested the same way as the averaged
+    model: its accuracies are those of ``test --ckpt_path`` on that checkpoint with the same
+    ``--data.test_views`` and ``--tta.*``, not the one-view, unadapted validation of its epoch; and
+    results.json says how each side was tested."""
+    run_dir = str(tmp_path / "run")
+    evaluation = ("--data.test_views", "2x1", "--tta.method", "adabn")
+    fit = run_vidlit(*_fit(tiny_root, run_dir, "--trainer.logger", "false", *evaluation))
+    assert fit.returncode == 0, fit.stderr[-4000:]
+    assert "without averaging (best epoch" in fit.stdout
+    res = json.load(open(os.path.join(run_dir, "results.json")))
+    avg, raw = res["average"], res["average"]["unaveraged"]
+    assert avg["evaluation"] == raw["evaluation"] == {"test_views": "2x1", "tta": "adabn"}
+    assert res["tta"]["method"] == "adabn" and res["best_checkpoint"].endswith(AVERAGED_CHECKPOINT)
+    selected = os.path.join(run_dir, "checkpoints", f"best-epoch={raw['best_epoch']:03d}.ckpt")
+    assert os.path.isfile(selected) and raw["checkpoint"] == os.path.abspath(selected)
+    # the epoch-selected checkpoint tested on its own, with the same views and adaptation
+    proc = run_vidlit("test", "--ckpt_path", selected, "--trainer.default_root_dir", str(tmp_path / "t"), "--trainer.logger", "false",
+                      "--trainer.enable_progress_bar", "false", "--data.num_workers", "0", *evaluation)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    tested = json.load(open(tmp_path / "t" / "test_results.json"))
+    assert tested["tta"]["method"] == "adabn"
+    assert raw["test_acc"] == tested["test_acc"] and raw["test_acc_per_domain"] == tested["test_acc_per_domain"]
+    # its source validation is the history's at that epoch (one view, no adaptation: as the averaged model's)
+    row = next(h for h in res["history"] if h["epoch"] == raw["best_epoch"])
+    assert raw["val_acc"] == row["val_acc"] and raw["val_loss"] == row["val_loss"]
+
+
 @pytest.mark.slow
 def test_running_average_survives_a_kill_and_resume(tiny_root, tmp_path, monkeypatch):
     from tests.test_resume import _killed_at
@@ -237,6 +266,9 @@ def test_running_average_survives_a_kill_and_resume(tiny_root, tmp_path, monkeyp
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert_averaged_checkpoint_is_the_window_mean(run_dir, str(tmp_path / "run-steps"))
     got, want = (json.load(open(os.path.join(d, "results.json"))) for d in (run_dir, ref_dir))
+    for res, d in ((got, run_dir), (want, ref_dir)):  # the epoch-selected checkpoint tested: the run's own file
+        path = res["average"]["unaveraged"].pop("checkpoint")
+        assert os.path.dirname(path) == os.path.abspath(os.path.join(d, "checkpoints"))
     assert got["average"] == want["average"] and got["test_acc"] == want["test_acc"]
     a, b = (torch.load(os.path.join(d, "checkpoints", AVERAGED_CHECKPOINT), map_location="cpu", weights_only=True)["state_dict"]
             for d in (run_dir, ref_dir))
