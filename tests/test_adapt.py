@@ -1,4 +1,4 @@
-"""``python -m vidlit adapt``: K labelled videos per class of the target, chosen by video and seed;
+"""``python -m vidlit adapt``: K labelled videos per class of the target, chosen by group (or video) and seed;
 fine-tuned from a run's checkpoint; tested on the rest; results.json with ``shots``."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from tests.helpers import run_vidlit
+from tests.helpers import TINY_FLAGS, run_vidlit
 from vidlit.commands.adapt import choose_shots
 from vidlit.data.records import VideoRecord
 from vidlit.utils.errors import VidlitError
@@ -37,13 +37,100 @@ def test_shots_per_class_by_video_and_seed():
         choose_shots(recs, 4, seed=0)  # none left to test on
 
 
+def grouped(domain: str = "t", classes=("a", "b", "c"), groups=("g01", "g02", "g03", "g04"), per_group: int = 2) -> list[VideoRecord]:
+    """UCF101-style: videos ``v_<class>_<group>_c<k>`` (clips of one long video per group and class, the group
+    number shared by the classes as in UCF101's file names), two segments each."""
+    return [VideoRecord(path=f"/d/{domain}/{c}/v_{c}_{g}_c{k}.avi", label=c, domain=domain, start_frame=10 * s,
+                        end_frame=10 * s + 10, group=g)
+            for c in classes for g in groups for k in range(1, per_group + 1) for s in range(2)]
+
+
+def test_shots_are_drawn_by_group_and_no_group_is_on_both_sides():
+    recs = grouped("u1") + grouped("u2", groups=("g01", "g02", "g03", "g04", "g05", "g06")) + records()  # records(): no groups
+    for shots in (1, 2):
+        for seed in range(4):
+            picked, rest = choose_shots(recs, shots, seed)
+            for dom in ("u1", "u2"):
+                for c in ("a", "b", "c"):
+                    assert len({r.path for r in picked if r.domain == dom and r.label == c}) == shots  # K videos per class ...
+                    assert len({r.group for r in picked if r.domain == dom and r.label == c}) == shots  # ... from K groups
+                    assert any(r.domain == dom and r.label == c for r in rest)
+            shot_groups = {(r.domain, r.split_key) for r in picked}
+            both = shot_groups & {(r.domain, r.split_key) for r in rest}
+            assert not both, f"groups with a shot and test videos: {sorted(both)}"  # no group on both sides
+            assert all(len([x for x in picked if x.path == r.path]) == 2 for r in picked)  # whole videos (both segments)
+            # neither shot nor tested: exactly the other videos of the shots' groups (here at least the shot's sibling clip)
+            left = [r for r in recs if r not in picked and r not in rest]
+            assert {(r.domain, r.split_key) for r in left} <= shot_groups
+            assert all(r.path.replace("_c1.", "_c2.") in {x.path for x in left} for r in picked if r.path.endswith("_c1.avi"))
+            # without groups (records()): a video is its own group, nothing is left out
+            assert {r.path for r in recs if r.group is None} == {r.path for r in picked + rest if r.group is None}
+    with pytest.raises(VidlitError, match="only 4 group"):
+        choose_shots(grouped("u1"), 4, seed=0)  # 8 videos of each class, but in 4 groups: none left to test on
+
+
+def test_adapt_with_a_grouped_manifest_keeps_every_group_on_one_side(tiny_root, tmp_path):
+    """``adapt`` from a run on a manifest with a group column (three groups of two videos per class, the group
+    names shared by the classes, as UCF101's gXX): the shots' groups are not tested on."""
+    manifest = tmp_path / "videos.csv"
+    groups = {}
+    with open(manifest, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "domain", "group"])
+        for dom in ("clean", "texture"):
+            for c in sorted(os.listdir(os.path.join(tiny_root, dom))):
+                for i, f in enumerate(sorted(f for f in os.listdir(os.path.join(tiny_root, dom, c)) if f.endswith(".mp4"))):
+                    path = os.path.join(tiny_root, dom, c, f)
+                    groups[path] = f"g{i // 2}"
+                    w.writerow([path, c, dom, groups[path]])
+    run = str(tmp_path / "run")
+    flags = list(TINY_FLAGS)
+    flags[flags.index("--trainer.max_epochs") + 1] = "1"
+    proc = run_vidlit("fit", "--dataset", "manifest", "--data.manifest", str(manifest), "--data.target_domains", "[texture]",
+                      *flags, "--trainer.limit_train_batches", "1", "--data.eval_target_each_epoch", "false",
+                      "--trainer.logger", "false", "--trainer.default_root_dir", run)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "k1"
+    proc = run_vidlit("adapt", "--ckpt_path", os.path.join(run, "checkpoints", "last.ckpt"), "--shots", "1", "--steps", "1",
+                      "--out", str(out), "--trainer.logger", "false", "--trainer.enable_progress_bar", "false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out / "adapt_manifest.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    shots = [r for r in rows if r["domain"] == "texture-shots"]
+    tested = [r for r in rows if r["domain"] == "texture"]
+    assert sorted(r["label"] for r in shots) == sorted(os.listdir(os.path.join(tiny_root, "texture")))  # 1 video per class
+    both = {groups[r["path"]] for r in shots} & {groups[r["path"]] for r in tested}
+    assert not both, f"groups with a shot and test videos: {sorted(both)}"  # no group on both sides
+    a = json.loads((out / "results.json").read_text())["adapt"]
+    assert a["train_videos"] == 5 and a["test_videos"] == len(tested) and a["test_videos"] + a["left_out_videos"] == 25
+    assert a["left_out_videos"] >= 5  # at least the other video of each shot's group
+
+
+def shot_predictions(ckpt: str, run: str, videos, out) -> dict[str, tuple[float, bool]]:
+    """``python -m vidlit predict`` of ``ckpt`` on the listed videos of the tiny set: video -> (probability of
+    its true class, whether it is the prediction); the true class is the folder the video is in."""
+    proc = run_vidlit("predict", "--dataset", "files", "--data.root", str(videos), "--data.run", run, "--ckpt_path", ckpt,
+                      "--trainer.default_root_dir", str(out), "--data.num_workers", "0", "--trainer.logger", "false",
+                      "--trainer.enable_progress_bar", "false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(os.path.join(str(out), "predictions.csv")) as fh:
+        rows = list(csv.DictReader(fh))
+    found = {}
+    for r in rows:
+        true = os.path.basename(os.path.dirname(r["video"]))
+        probs = {r[f"class_{j}"]: float(r[f"prob_{j}"]) for j in range(1, 6)}
+        found[r["video"]] = (probs[true], r["predicted"] == true)
+    return found
+
+
 def test_adapt_on_a_tiny_run(tiny_root, tmp_path_factory, tmp_path):
     from tests.test_reproducible import reference_run
 
     run = reference_run(tiny_root, str(tmp_path_factory.getbasetemp()))
     ckpt = os.path.join(run, "checkpoints", "last.ckpt")
     out = tmp_path / "k1"
-    proc = run_vidlit("adapt", "--ckpt_path", ckpt, "--shots", "1", "--steps", "3", "--seed", "1", "--out", str(out),
+    # --steps: the default (60)
+    proc = run_vidlit("adapt", "--ckpt_path", ckpt, "--shots", "1", "--seed", "1", "--out", str(out),
                       "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--data.num_workers", "0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
@@ -52,7 +139,8 @@ def test_adapt_on_a_tiny_run(tiny_root, tmp_path_factory, tmp_path):
     assert res["target_domains"] == ["texture"] and set(res["test_acc_per_domain"]) == {"texture"}
     assert 0 <= res["test_acc"] <= 1 and res["class_names"] == ref["class_names"]
     a = res["adapt"]
-    assert a["train_videos"] == 5 and a["test_videos"] == 25 and a["steps"] == 3 and a["batch_size"] == 5  # 5 classes x 6 videos
+    assert a["train_videos"] == 5 and a["test_videos"] == 25 and a["steps"] == 60 and a["batch_size"] == 5  # 5 classes x 6 videos
+    assert a["left_out_videos"] == 0  # no groups here: every video is its own
     with open(out / "adapt_manifest.csv") as fh:
         rows = list(csv.DictReader(fh))
     shots = sorted(r["path"] for r in rows if r["domain"] == "texture-shots")
@@ -67,10 +155,18 @@ def test_adapt_on_a_tiny_run(tiny_root, tmp_path_factory, tmp_path):
     before = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
     after = torch.load(res["best_checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
     backbone = [k for k in before if k.startswith("backbone.")]
-    head = [k for k in before if not k.startswith("backbone.") and k in after and before[k].is_floating_point()
-            and "weight" in k and "disc" not in k]
     assert backbone and all(torch.equal(before[k], after[k]) for k in backbone)  # the backbone untouched, statistics too
-    assert head and any(not torch.equal(before[k], after[k]) for k in head)  # the head was trained on the shots
+    # the head learnt the shots' own classes: predicted (python -m vidlit predict) on the shot videos, their true class
+    # (the folder each file is in, not the manifest adapt wrote) gets more probability on every shot after adapting
+    # and is the prediction on all 5, which the checkpoint did not manage; wrong (permuted) shot labels, no training
+    # (lr 0) or weight decay alone (it scales the logits: same predictions) fail this
+    (tmp_path / "shots.txt").write_text("\n".join(shots) + "\n")
+    was, now = shot_predictions(ckpt, run, tmp_path / "shots.txt", tmp_path / "p0"), \
+        shot_predictions(res["best_checkpoint"], run, tmp_path / "shots.txt", tmp_path / "p1")
+    assert sorted(was) == sorted(now) == shots
+    assert sum(correct for _, correct in was.values()) < 5  # else this proves nothing
+    assert all(correct for _, correct in now.values()), now
+    assert all(now[v][0] > was[v][0] for v in shots), (was, now)
     assert "shots 1, test accuracy on the rest of the target" in proc.stdout
 
     # K = 0: the checkpoint tested on the whole target, the same results.json shape

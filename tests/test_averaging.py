@@ -5,11 +5,12 @@ import json
 import os
 import random
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from torch import nn
 
-from tests.helpers import TINY_FLAGS, run_vidlit
+from tests.helpers import REPO, TINY_FLAGS, run_vidlit
 from vidlit.run.files import AVERAGED_CHECKPOINT
 from vidlit.models.averaging import SwadWindow, recompute_bn, swad_window
 from vidlit.callbacks.averaging import WeightAveraging
@@ -120,6 +121,54 @@ def test_batchnorm_statistics_are_recomputed_exactly_and_frozen_ones_kept():
 
 
 SWAD_FLAGS = ("--average.method", "swad", "--average.swad_patience", "2", "--average.swad_overfit_patience", "2")
+STEP_WEIGHTS_ENV = "VIDLIT_TEST_STEP_WEIGHTS"
+
+
+class StepWeights(pl.Callback):
+    """Saves the averaged parameters after every optimizer step of ``fit`` to
+    ``$VIDLIT_TEST_STEP_WEIGHTS/step-N.pt`` (N: ``global_step``), one file per step, so a run
+    killed and resumed leaves every step's weights (a step redone after the resume rewrites its file).
+    Passed to the CLI as ``--trainer.callbacks+=tests.test_averaging.StepWeights``."""
+
+    def __init__(self) -> None:
+        self.folder = os.environ[STEP_WEIGHTS_ENV]
+        self._last = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self._last:
+            return
+        self._last = trainer.global_step
+        os.makedirs(self.folder, exist_ok=True)
+        params = {n: p.detach().cpu().clone() for n, p in pl_module.named_parameters() if p.is_floating_point()}
+        torch.save(params, os.path.join(self.folder, f"step-{trainer.global_step}.pt"))
+
+
+def _recording(folder: str) -> tuple[tuple, dict]:
+    """CLI flags and environment that record every step's weights into ``folder`` (:class:`StepWeights`)."""
+    return ("--trainer.callbacks+=tests.test_averaging.StepWeights",), {STEP_WEIGHTS_ENV: folder, "PYTHONPATH": REPO}
+
+
+def assert_averaged_checkpoint_is_the_window_mean(run_dir: str, steps_dir: str) -> None:
+    """``checkpoints/best-averaged.ckpt`` holds the mean of the weights after every optimizer step
+    inside the SWAD window that ``results.json`` reports (the steps after the validation before the
+    window's first one, up to its last one), each step's weights as :class:`StepWeights` saved them."""
+    res = json.load(open(os.path.join(run_dir, "results.json")))
+    s, e = res["average"]["window"]
+    steps = {h["epoch"]: h["step"] for h in res["history"]}  # one validation per epoch
+    first, last = (steps[s - 1] if s > 0 else 0) + 1, steps[e - 1]
+    window = list(range(first, last + 1))
+    assert len(window) == res["average"]["n_averaged"] >= 2
+    snaps = [torch.load(os.path.join(steps_dir, f"step-{k}.pt"), map_location="cpu", weights_only=True) for k in window]
+    averaged = torch.load(os.path.join(run_dir, "checkpoints", AVERAGED_CHECKPOINT), map_location="cpu", weights_only=True)["state_dict"]
+    assert set(snaps[0]) <= set(averaged) and len(snaps[0]) > 10
+    moved = 0
+    for name in snaps[0]:
+        want = torch.stack([snap[name].double() for snap in snaps]).mean(0)
+        torch.testing.assert_close(averaged[name].double(), want, atol=1e-6, rtol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+        moved += not torch.allclose(snaps[-1][name], snaps[0][name])
+    assert moved > 0  # the steps differ, so neither the last nor any single step's weights equal the mean
+    name = next(n for n in snaps[-1] if not torch.allclose(snaps[-1][n], snaps[0][n]))
+    assert not torch.allclose(averaged[name], snaps[-1][name], atol=1e-6)
 
 
 def _fit(root: str, run_dir: str, *extra: str, average: tuple = SWAD_FLAGS) -> list[str]:
@@ -129,8 +178,10 @@ def _fit(root: str, run_dir: str, *extra: str, average: tuple = SWAD_FLAGS) -> l
 
 def test_swad_through_fit_reports_and_tests_the_averaged_model(tiny_root, tmp_path):
     run_dir = str(tmp_path / "run")
-    proc = run_vidlit(*_fit(tiny_root, run_dir))
+    record, env = _recording(str(tmp_path / "steps"))
+    proc = run_vidlit(*_fit(tiny_root, run_dir, *record), env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    assert_averaged_checkpoint_is_the_window_mean(run_dir, str(tmp_path / "steps"))
     res = json.load(open(os.path.join(run_dir, "results.json")))
     avg = res["average"]
     assert avg["method"] == "swad" and avg["bn_recomputed"] == 4  # tiny3d's 4 BatchNorms
@@ -166,20 +217,60 @@ def test_swad_through_fit_reports_and_tests_the_averaged_model(tiny_root, tmp_pa
     assert f"without averaging (best epoch {ref['best_epoch']})" in proc.stdout
 
 
+def test_without_averaging_is_tested_like_the_averaged_model(tiny_root, tmp_path):
+    """With several test views and test-time adaptation, the run without averaging
+    (``average.unaveraged``, the epoch-selected checkpoint) is tested the same way as the averaged
+    model: its accuracies are those of ``test --ckpt_path`` on that checkpoint with the same
+    ``--data.test_views`` and ``--tta.*``, not the one-view, unadapted validation of its epoch; and
+    results.json says how each side was tested."""
+    run_dir = str(tmp_path / "run")
+    evaluation = ("--data.test_views", "2x1", "--tta.method", "adabn")
+    fit = run_vidlit(*_fit(tiny_root, run_dir, "--trainer.logger", "false", *evaluation))
+    assert fit.returncode == 0, fit.stderr[-4000:]
+    assert "without averaging (best epoch" in fit.stdout
+    res = json.load(open(os.path.join(run_dir, "results.json")))
+    avg, raw = res["average"], res["average"]["unaveraged"]
+    assert avg["evaluation"] == raw["evaluation"] == {"test_views": "2x1", "tta": "adabn"}
+    assert res["tta"]["method"] == "adabn" and res["best_checkpoint"].endswith(AVERAGED_CHECKPOINT)
+    selected = os.path.join(run_dir, "checkpoints", f"best-epoch={raw['best_epoch']:03d}.ckpt")
+    assert os.path.isfile(selected) and raw["checkpoint"] == os.path.abspath(selected)
+    # the epoch-selected checkpoint tested on its own, with the same views and adaptation
+    proc = run_vidlit("test", "--ckpt_path", selected, "--trainer.default_root_dir", str(tmp_path / "t"), "--trainer.logger", "false",
+                      "--trainer.enable_progress_bar", "false", "--data.num_workers", "0", *evaluation)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    tested = json.load(open(tmp_path / "t" / "test_results.json"))
+    assert tested["tta"]["method"] == "adabn"
+    assert raw["test_acc"] == tested["test_acc"] and raw["test_acc_per_domain"] == tested["test_acc_per_domain"]
+    # its source validation is the history's at that epoch (one view, no adaptation: as the averaged model's)
+    row = next(h for h in res["history"] if h["epoch"] == raw["best_epoch"])
+    assert raw["val_acc"] == row["val_acc"] and raw["val_loss"] == row["val_loss"]
+
+
 @pytest.mark.slow
-def test_running_average_survives_a_kill_and_resume(tiny_root, tmp_path):
+def test_running_average_survives_a_kill_and_resume(tiny_root, tmp_path, monkeypatch):
     from tests.test_resume import _killed_at
 
     ref_dir, run_dir = str(tmp_path / "ref"), str(tmp_path / "run")
     # several segments in the buffer at the kill: the window closes late (tolerance 10)
-    extra = ["--average.swad_tolerance", "10"]
-    proc = run_vidlit(*_fit(tiny_root, ref_dir, *extra))
+    record, env = _recording(str(tmp_path / "ref-steps"))
+    extra = ["--average.swad_tolerance", "10", *record]
+    proc = run_vidlit(*_fit(tiny_root, ref_dir, *extra), env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    assert_averaged_checkpoint_is_the_window_mean(ref_dir, str(tmp_path / "ref-steps"))
+    # the killed process and the resumed one save their steps in one folder (steps redone after the
+    # resume rewrite theirs): the resumed run's average is checked against the steps it went through
+    _, env = _recording(str(tmp_path / "run-steps"))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     _killed_at(_fit(tiny_root, run_dir, *extra), "train_batch:1:2")  # mid-epoch 1: last.ckpt is epoch 0's
     assert not os.path.exists(os.path.join(run_dir, "results.json"))
     proc = run_vidlit(*_fit(tiny_root, run_dir, *extra), "--ckpt_path", "last")
     assert proc.returncode == 0, proc.stderr[-4000:]
+    assert_averaged_checkpoint_is_the_window_mean(run_dir, str(tmp_path / "run-steps"))
     got, want = (json.load(open(os.path.join(d, "results.json"))) for d in (run_dir, ref_dir))
+    for res, d in ((got, run_dir), (want, ref_dir)):  # the epoch-selected checkpoint tested: the run's own file
+        path = res["average"]["unaveraged"].pop("checkpoint")
+        assert os.path.dirname(path) == os.path.abspath(os.path.join(d, "checkpoints"))
     assert got["average"] == want["average"] and got["test_acc"] == want["test_acc"]
     a, b = (torch.load(os.path.join(d, "checkpoints", AVERAGED_CHECKPOINT), map_location="cpu", weights_only=True)["state_dict"]
             for d in (run_dir, ref_dir))

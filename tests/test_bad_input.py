@@ -176,16 +176,51 @@ def test_a_label_typo_is_a_class_of_one_domain_named_with_its_file(tmp_path):
     assert len(lines) == 1 and "'wlak' only in b" in lines[0] and str(root / "b" / "walk1.mp4") in lines[0], lines
 
 
+def _without_root_file_access() -> None:
+    """``preexec_fn``: for root, drop the capabilities that bypass file permissions
+    (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH) from this process and every program it runs, so that
+    a file of mode 000 is unreadable as for any other user (a real EACCES). Nothing for others."""
+    if os.geteuid() != 0:
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    caps = (1, 2)  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH (linux/capability.h)
+    for cap in caps:  # the bounding set: root's capabilities after execve come from it
+        if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+    class Header(ctypes.Structure):
+        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+    class Data(ctypes.Structure):
+        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+    header, data = Header(0x20080522, 0), (Data * 2)()  # _LINUX_CAPABILITY_VERSION_3
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    keep = ~sum(1 << c for c in caps) & 0xFFFFFFFF
+    data[0].effective &= keep
+    data[0].permitted &= keep
+    data[0].inheritable &= keep
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
 def test_unreadable_file_is_named(tiny_root, tmp_path):
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        pytest.skip("running as root: permissions cannot make a file unreadable (root reads it anyway)")
+    """A video the user may not read (mode 000; as root too: the run has no permission override)."""
     root = tmp_path / "data"
     shutil.copytree(tiny_root, root)
     locked = root / "colour" / "circle" / "colour_circle_000.mp4"
     locked.chmod(0)
-    proc = run_vidlit("fit", "--data.root", str(root), *TINY_FLAGS, "--trainer.default_root_dir", str(tmp_path / "run"), timeout=180)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    args = [sys.executable, "-m", "vidlit", "fit", "--data.root", str(root), *TINY_FLAGS, "--trainer.default_root_dir", str(tmp_path / "run")]
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=180, preexec_fn=_without_root_file_access,
+                          check=False)
     lines = _one_line_error(proc)
-    assert any(str(locked) in ln for ln in lines), lines
+    assert "1 unreadable video(s)" in lines[0] and len(lines) == 2, lines
+    assert str(locked) in lines[1] and "Permission denied" in lines[1], lines
+    assert not (tmp_path / "run" / "checkpoints").exists()  # stopped before training
 
 
 @pytest.mark.slow

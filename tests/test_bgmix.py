@@ -96,9 +96,15 @@ def test_bad_flags_raise():
 
 
 def test_cli_has_the_flag_group():
-    from vidlit.commands.cli import CALLBACK_GROUPS, callback_class
+    """``fit --bgmix.*`` flags parsed by the real CLI (``--print_config``: parsed, nothing trained)."""
+    import yaml
 
-    assert callback_class(dict(CALLBACK_GROUPS)["bgmix"]) is BackgroundMix
+    from tests.helpers import run_vidlit
+
+    proc = run_vidlit("fit", "--bgmix.prob", "0.5", "--bgmix.max_weight", "0.6", "--bgmix.source", "any", "--print_config")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = yaml.safe_load(proc.stdout)
+    assert cfg["bgmix"] == {"prob": 0.5, "min_weight": 0.0, "max_weight": 0.6, "source": "any"}, cfg.get("bgmix")
 
 
 class _Spy(pl.Callback):

@@ -9,8 +9,13 @@ import os
 import pytest
 
 from tests.helpers import TINY_FLAGS, run_vidlit
+from vidlit.commands.args import SUBCOMMANDS
+from vidlit.commands.main import COMMANDS as TABLE
 
-COMMANDS = ("fit", "validate", "test", "predict", "list", "sweep", "report", "bench")
+#: the commands vidlit has had since each was added: the table may grow, never lose one of these
+KNOWN = ("fit", "validate", "test", "predict", "list", "sweep", "report", "bench", "export", "explain", "adapt")
+#: every command: the table's, and any that the table lost (those fail the tests below)
+COMMANDS = tuple(dict.fromkeys([name for name, _, _ in TABLE] + list(KNOWN) + list(SUBCOMMANDS)))
 
 
 def _command_lines(text: str) -> dict[str, str]:
@@ -22,17 +27,64 @@ def _command_lines(text: str) -> dict[str, str]:
     return lines
 
 
+def test_the_command_table_has_every_command_the_cli_dispatches():
+    names = [name for name, _, _ in TABLE]
+    assert len(names) == len(set(names))
+    assert set(names) == set(COMMANDS), set(COMMANDS) - set(names)  # none lost from the table
+    assert all(text.strip() for _, _, text in TABLE)
+
+
 @pytest.mark.parametrize("args,rc", [(["--help"], 0), (["-h"], 0), ([], 2)])
 def test_help_lists_every_command_with_one_line(args, rc):
     proc = run_vidlit(*args)
     assert proc.returncode == rc, proc.stderr[-2000:]
     text = proc.stdout if rc == 0 else proc.stderr
     lines = _command_lines(text)
-    assert set(lines) == set(COMMANDS), text
-    assert all(len(line.split()) > 2 for line in lines.values())  # a description on the same line
+    assert set(lines) == set(COMMANDS), (set(COMMANDS) - set(lines), text)
+    descriptions = {name: text for name, _, text in TABLE}
+    for name, line in lines.items():  # its description on the same line
+        assert len(line.split()) > 2 and line.split(None, 1)[1] == descriptions.get(name), line
     assert "Traceback" not in proc.stderr
     if rc:
         assert proc.stderr.strip().splitlines()[-1] == "vidlit: error: no command given"
+
+
+#: ``python -m vidlit NAME --help`` for each NAME in argv, in one interpreter (one import of torch
+#: and Lightning instead of one per command): the entry point of ``python -m vidlit``, its exit
+#: status and output per command, as JSON
+_DISPATCH = """
+import contextlib, io, json, sys
+import vidlit.__main__ as entry
+out = {}
+for name in sys.argv[1:]:
+    sys.argv = ["vidlit", name, "--help"]
+    buf, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(err):
+        try:
+            code = entry._run()
+        except SystemExit as ex:
+            code = ex.code if isinstance(ex.code, int) else (0 if ex.code is None else 1)
+    out[name] = [code, buf.getvalue(), err.getvalue()]
+print(json.dumps(out))
+"""
+
+
+def test_every_command_is_dispatched():
+    """``python -m vidlit NAME --help`` for every command: exit 0 with its help, never 'unknown command' (a name dropped from the table) or an import error."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    proc = subprocess.run([sys.executable, "-c", _DISPATCH, *COMMANDS], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert list(got) == list(COMMANDS)
+    bad = {name: err[-1500:] for name, (code, out, err) in got.items() if code != 0 or not out.strip() or "Traceback" in err}
+    assert not bad, bad
+    for name, (_, out, _) in got.items():
+        assert f"python -m vidlit {name}" in out or f"{name} [" in out.split("\n", 1)[0], (name, out[:500])
 
 
 def test_unknown_command_is_one_line_with_the_closest():
@@ -136,12 +188,31 @@ def test_validate_and_test_take_the_checkpoints_run_settings_and_write_into_it(d
     assert not os.path.exists(os.path.join(out, "config.yaml"))
 
 
-def test_predict_and_a_checkpoint_without_its_run_folder(dann_run, tmp_path):
+def test_predict_and_a_checkpoint_without_its_run_folder(dann_run, tiny_root, tmp_path):
     ckpt = os.path.join(dann_run, "checkpoints", "last.ckpt")
     proc = run_vidlit("predict", "--ckpt_path", ckpt, *EVAL, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = _only(os.path.join(dann_run, "eval"), "predict-")
-    assert os.path.isfile(os.path.join(out, "predictions.csv"))
+    # one row per video of the run's held-out domain (texture), its true class and the run's class names
+    import csv
+    import glob
+
+    with open(os.path.join(dann_run, "results.json")) as fh:
+        classes = json.load(fh)["class_names"]
+    assert sorted(classes) == sorted(os.listdir(os.path.join(tiny_root, "texture")))
+    with open(os.path.join(out, "predictions.csv"), newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    want = {os.path.realpath(p): os.path.basename(os.path.dirname(p)) for p in glob.glob(os.path.join(tiny_root, "texture", "*", "*.mp4"))}
+    assert len(want) == 30 and len(rows) == len(want)
+    assert {os.path.realpath(r["video"]): r["label"] for r in rows} == want
+    for r in rows:
+        top = [r[f"class_{k}"] for k in range(1, 6)]
+        probs = [float(r[f"prob_{k}"]) for k in range(1, 6)]
+        assert r["domain"] == "texture" and sorted(top) == sorted(classes) and r["predicted"] == top[0]
+        assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1, abs=1e-4)
+        assert float(r["probability"]) == probs[0] and r["correct"] == str(int(r["predicted"] == r["label"]))
+    acc = 100 * sum(r["predicted"] == r["label"] for r in rows) / len(rows)
+    assert f"predictions: {os.path.join(out, 'predictions.csv')} (30 videos; accuracy {acc:.1f}% on the 30 labelled)" in proc.stdout
     # moved away from its run (no config.yaml): the settings come from the checkpoint itself
     import shutil
 

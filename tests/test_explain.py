@@ -169,19 +169,55 @@ def _fake_run(tmp_path, tiny_root: str, backbone: str) -> tuple[str, list[str]]:
 @pytest.mark.parametrize("backbone", [
     b if b in FAMILY_REPRESENTATIVES else pytest.param(b, marks=pytest.mark.slow) for b in BACKBONES.names()
 ])
-def test_explain_writes_overlays_for_every_backbone(backbone, tiny_root, tmp_path, capsys):
-    from vidlit.commands.explain import main
+def test_explain_writes_overlays_for_every_backbone(backbone, tiny_root, tmp_path, capsys, monkeypatch):
+    import av
 
+    from vidlit.commands import explain
+
+    # what the heat map overlay is made of: the clip's frames and its Grad-CAM map (recorded on
+    # the way in; the overlay itself is the one explain writes, read back from its mp4 below)
+    shown: list[tuple[np.ndarray, np.ndarray]] = []
+    real_overlay = explain.overlay
+
+    def recording_overlay(frames, maps, *args, **kwargs):
+        shown.append((np.array(frames, copy=True), np.array(maps, copy=True)))
+        return real_overlay(frames, maps, *args, **kwargs)
+
+    monkeypatch.setattr(explain, "overlay", recording_overlay)
     ckpt, stages = _fake_run(tmp_path, tiny_root, backbone)
     out = tmp_path / "out"
-    assert main(["--ckpt_path", ckpt, "--clips", "1", "--out", str(out), "--min_size", "32"]) == 0
+    assert explain.main(["--ckpt_path", ckpt, "--clips", "1", "--out", str(out), "--min_size", "32"]) == 0
     summary = json.loads((out / "explain.json").read_text())
     (clip,) = summary["clips"]
     frames, size = CLIP.get(backbone, (4, 32))
     assert clip["domain"] == "texture" and clip["true"] == "circle" and clip["predicted"] in synthetic.CLASSES
     assert clip["stage"] in stages
-    total = sum(clip["frame_importance"])
-    assert len(clip["frame_importance"]) == frames and (total == pytest.approx(1.0, abs=1e-3) or total == 0)
+    # the heat map: one per frame, in [0, 1], not empty; the per-frame importance is its mass per frame
+    assert shown, "no overlay drawn"
+    clip_frames, maps = shown[0]
+    assert clip_frames.shape == (frames, size, size, 3) and clip_frames.dtype == np.uint8 and maps.shape == (frames, size, size)
+    assert maps.min() >= 0 and maps.max() == pytest.approx(1.0, abs=1e-4), (maps.min(), maps.max())
+    importance = np.array(clip["frame_importance"])
+    assert len(importance) == frames and (importance >= 0).all() and importance.sum() == pytest.approx(1.0, abs=1e-3)
+    per_frame = maps.sum(axis=(1, 2), dtype=np.float64)
+    np.testing.assert_allclose(importance, per_frame / per_frame.sum(), atol=1e-4)
+    # the overlay mp4 read back: the frames recoloured where the heat map is high, the more the hotter
+    with av.open(str(out / clip["files"][0])) as container:
+        video = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]).astype(np.float64)
+    factor = video.shape[2] // size
+    assert video.shape[0] == frames and factor >= 1
+
+    def enlarge(x: np.ndarray) -> np.ndarray:  # as explain enlarges the frames (--min_size)
+        return x.repeat(factor, axis=1).repeat(factor, axis=2)
+
+    diff = np.abs(video[:, : size * factor, : size * factor] - enlarge(clip_frames).astype(np.float64)).mean(-1)
+    heat = enlarge(maps)
+    # x264's error alone (the frames written unchanged) is about 5 levels; the heat colour at
+    # half weight and more (0.6 x map) moves them by tens
+    assert diff[heat >= 0.5].mean() > 20, diff[heat >= 0.5].mean()
+    hottest, coolest = heat >= 0.8, heat < 0.3
+    if hottest.mean() > 0.01 and coolest.mean() > 0.01:  # the higher the heat, the more recoloured
+        assert diff[hottest].mean() > diff[coolest].mean() + 10, (diff[hottest].mean(), diff[coolest].mean())
     assert clip["foreground_share"] is None or 0 <= clip["foreground_share"] <= 1
     for name in clip["files"]:
         assert (out / name).stat().st_size > 0

@@ -222,19 +222,70 @@ def test_adabn_recovers_accuracy_on_a_target_with_shifted_appearance():
 
 
 # ----------------------------------------------------------------------------- CLI
+BN_PROBE_ENV = "VIDLIT_TEST_BN_PROBE"
+
+
+class FirstBatchNormProbe(pl.Callback):
+    """For every forward of the test loop (not AdaBN's statistics pass, which runs before it): the
+    input of the model's first BatchNorm (its sum, sum of squares and count per channel, float64)
+    and the running statistics that layer normalises with, saved to ``$VIDLIT_TEST_BN_PROBE`` at
+    the end of the test. Its input does not depend on any BatchNorm statistics, so the inputs of the
+    test loop are the target clips' statistics at that layer. Passed to the CLI as
+    ``--trainer.callbacks+=tests.test_tta.FirstBatchNormProbe``."""
+
+    def __init__(self) -> None:
+        self.path = os.environ[BN_PROBE_ENV]
+        self.calls: list[dict] = []
+        self._handle = None
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        name, bn = batchnorms(pl_module)[0]
+
+        def pre(module, inputs) -> None:
+            x = inputs[0].detach().double()
+            dims = [0] + list(range(2, x.dim()))
+            self.calls.append({"name": name, "sum": x.sum(dims).cpu(), "sq": (x * x).sum(dims).cpu(), "n": x.numel() // x.shape[1],
+                               "clips": x.shape[0], "training": module.training, "running_mean": module.running_mean.detach().cpu().clone(),
+                               "running_var": module.running_var.detach().cpu().clone()})
+
+        self._handle = bn.register_forward_pre_hook(pre)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._handle.remove()
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        torch.save(self.calls, self.path)
+
+
 def test_cli_test_with_tta_writes_tta_and_leaves_the_checkpoint(tiny_root, tmp_path_factory, tmp_path):
-    from tests.helpers import run_vidlit
+    from tests.helpers import REPO, run_vidlit
     from tests.test_reproducible import reference_run
 
     run = reference_run(tiny_root, str(tmp_path_factory.getbasetemp()))
     ckpt = os.path.join(run, "checkpoints", "last.ckpt")
     digest = hashlib.sha256(open(ckpt, "rb").read()).hexdigest()
+    probe = str(tmp_path / "bn-probe.pt")
     proc = run_vidlit("test", "--ckpt_path", ckpt, "--tta.method", "adabn", "--trainer.default_root_dir", str(tmp_path / "t"),
-                      "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--data.num_workers", "0")
+                      "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--data.num_workers", "0",
+                      "--trainer.callbacks+=tests.test_tta.FirstBatchNormProbe", env={BN_PROBE_ENV: probe, "PYTHONPATH": REPO})
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "t" / "test_results.json").read_text())
     assert res["tta"]["method"] == "adabn" and res["tta"]["clips_per_domain"]["texture"] > 0
     assert 0 <= res["test_acc"] <= 1
     assert hashlib.sha256(open(ckpt, "rb").read()).hexdigest() == digest
+    # the test normalised with the target's statistics (one target domain: texture): the first
+    # BatchNorm, in eval mode, held the mean and unbiased variance of its input over the test
+    # clips, not the trained statistics the checkpoint holds
+    calls = torch.load(probe, weights_only=True)
+    assert len(calls) >= 2 and not any(c["training"] for c in calls)
+    assert sum(c["clips"] for c in calls) == res["tta"]["clips_per_domain"]["texture"]  # the clips AdaBN's pass read
+    n = sum(c["n"] for c in calls)
+    mean = sum(c["sum"] for c in calls) / n
+    var = (sum(c["sq"] for c in calls) - n * mean * mean) / (n - 1)
+    trained = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    for c in calls:
+        torch.testing.assert_close(c["running_mean"].double(), mean, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(c["running_var"].double(), var, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(trained[f"{calls[0]['name']}.running_mean"].double(), mean, rtol=1e-2, atol=1e-3)
     proc = run_vidlit("test", "--ckpt_path", ckpt, "--tta.method", "tnt")
     assert proc.returncode == 2 and "tta.method" in proc.stderr

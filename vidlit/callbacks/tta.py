@@ -198,6 +198,11 @@ class TestTimeAdaptation(Callback):
             m.training = saved["training"].get(n, m.training)
 
     # ----------------------------------------------------------------- hooks
+    @property
+    def test_adaptation(self) -> Optional[str]:
+        """The method that adapts the model during test (read by :func:`vidlit.run.results.test_evaluation`), None when off."""
+        return self.method if self.active else None
+
     def results_entries(self, trainer: pl.Trainer, stage: str) -> dict:
         """``tta``: how the last test adapted (method, settings, clips per domain); nothing when off."""
         return tta_results(trainer) if stage in ("fit", "test") else {}

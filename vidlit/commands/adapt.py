@@ -1,14 +1,19 @@
 """``python -m vidlit adapt``: few-shot adaptation of a trained run to its target domain.
 
 From a run's checkpoint (``--ckpt_path RUN/checkpoints/best-epoch=N.ckpt``, any strategy), K labelled
-videos per class of each target domain (``--shots K``) are drawn with ``--seed`` (by video: the
-segments of one video are never split between the shots and the test), the model (backbone and
-head, as ``--model.pretrained CKPT --model.pretrained_head true``) is fine-tuned on them with
+videos per class of each target domain (``--shots K``) are drawn with ``--seed``; the model (backbone
+and head, as ``--model.pretrained CKPT --model.pretrained_head true``) is fine-tuned on them with
 cross-entropy (ERM: a DG loss has one domain to work with here) for ``--steps`` optimizer steps,
 and tested on the rest of the target. The run goes through ``python -m vidlit fit`` (a manifest
 of the shots and the rest, written into the output folder), so the output folder is a run folder
 with the usual ``results.json``, plus ``shots``, ``adapt`` and the original run's strategy and
 source domains. ``--shots 0`` fine-tunes nothing: the checkpoint is tested on the whole target.
+
+The shots are drawn by group, the key of the holdout split (UCF101's ``gXX``, EPIC's video id, a
+manifest's ``group`` column; without one, the video): the K shots of a class come from K different
+groups, and the other videos of a shot's group (clips cut from the same long video: same actor,
+same scene) are left out of the test, so that no group is on both sides (:func:`choose_shots`;
+``adapt.left_out_videos`` in ``results.json`` counts them). The segments of one video are never split.
 
 There is no validation split (K videos per class leave none): the model of the last step is the
 one tested (``best_checkpoint`` is that step's file). By default only the head trains (``--model.freeze
@@ -65,23 +70,50 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def choose_shots(records: list, shots: int, seed: int) -> tuple[list, list]:
-    """(shots, rest) of target records: per (domain, class), ``shots`` videos drawn with ``seed``
-    (every record of a drawn video goes to the shots); a class with fewer videos is an error."""
-    by: dict[tuple[str, str], list[str]] = {}
+    """(shots, rest) of target records, drawn by group, the key of the holdout split
+    (``VideoRecord.split_key``: the record's group, e.g. UCF101's ``gXX`` or EPIC's ``video_id``, else
+    its video file, its own group).
+
+    Per (domain, class), ``shots`` videos of the class, each from a different group, drawn with
+    ``seed``: first the groups, among those holding a video of the class (a class draws among the
+    groups already holding a shot of an earlier class of the domain, in class order, before new
+    ones: fewer groups leave the test), then one video of the class in each. Every record of a drawn
+    video with that class is a shot. No group is on both sides: the other records of a group that
+    holds a shot (its other videos, its other classes) are neither shots nor tested; they are in
+    neither list. So the shots are K videos per class (not whole groups, which would be more), and
+    the test loses those videos. Without groups every video is its own group and the draw is by
+    video. A class with no more groups than shots, or with no test video left, is an error."""
+    by: dict[tuple[str, str], dict[str, set[str]]] = {}  # (domain, class) -> group -> videos of the class in it
+    grouped = any(r.group for r in records)
     for r in records:
-        by.setdefault((r.domain, r.label), [])
-        if r.path not in by[(r.domain, r.label)]:
-            by[(r.domain, r.label)].append(r.path)
-    chosen: set[tuple[str, str]] = set()
-    for (domain, label), paths in sorted(by.items()):
-        paths = sorted(paths)
-        if len(paths) <= shots:
-            raise VidlitError(f"--shots {shots}: target domain '{domain}' class '{label}' has only {len(paths)} video(s); "
-                              "at least one more than the shots is needed for the test")
+        by.setdefault((r.domain, r.label), {}).setdefault(r.split_key, set()).add(r.path)
+    chosen: set[tuple[str, str, str]] = set()  # (domain, video, class)
+    used: dict[str, set[str]] = {}  # domain -> groups holding a shot
+    for (domain, label), groups in sorted(by.items()):
+        keys = sorted(groups)
+        if len(keys) <= shots:
+            n_videos = len(set().union(*groups.values()))
+            have = f"videos in only {len(keys)} group(s) ({n_videos} video(s))" if grouped else f"only {len(keys)} video(s)"
+            raise VidlitError(f"--shots {shots}: target domain '{domain}' class '{label}' has {have}; the shots come from "
+                              f"distinct {'groups' if grouped else 'videos'} and at least one more is needed for the test")
         rng = np.random.default_rng([seed, sum(map(ord, domain)), sum(map(ord, label))])
-        chosen |= {(domain, paths[i]) for i in rng.choice(len(paths), shots, replace=False)}
-    picked = [r for r in records if (r.domain, r.path) in chosen]
-    rest = [r for r in records if (r.domain, r.path) not in chosen]
+        again = [k for k in keys if k in used.get(domain, ())]
+        if len(again) >= shots:
+            drawn = [again[i] for i in rng.choice(len(again), shots, replace=False)]
+        else:
+            new = [k for k in keys if k not in again]
+            drawn = again + [new[i] for i in rng.choice(len(new), shots - len(again), replace=False)]
+        for key in drawn:
+            videos = sorted(groups[key])
+            chosen.add((domain, videos[int(rng.integers(len(videos)))] if len(videos) > 1 else videos[0], label))
+        used.setdefault(domain, set()).update(drawn)
+    picked = [r for r in records if (r.domain, r.path, r.label) in chosen]
+    taken = {(r.domain, r.split_key) for r in picked}
+    rest = [r for r in records if (r.domain, r.split_key) not in taken]
+    for domain, label in sorted(by):
+        if not any(r.domain == domain and r.label == label for r in rest):
+            raise VidlitError(f"--shots {shots}: no test video of target domain '{domain}' class '{label}' is left: every group "
+                              "holding one also holds a shot (a group is never on both sides); use fewer --shots")
     return picked, rest
 
 
@@ -138,8 +170,10 @@ def adapt(ckpt: str, shots: int, seed: int = 0, steps: int = 60, batch_size: Opt
             "--trainer.default_root_dir", out, "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
             "--checkpoint.monitor", "null", "--checkpoint.save_last", "false",
             "--trainer.max_epochs", str(math.ceil(steps / per_epoch)), *extra]
+    left_out = {(r.domain, r.path) for r in dm.test_records} - {(r.domain, r.path) for r in picked + rest}
     print(f"vidlit adapt: {strategy} run {run} ({source}): {shots} video(s) per class of {', '.join(targets)} "
-          f"({n_train} clips) for {steps} steps, testing on the other {len(rest)}", file=sys.stderr, flush=True)
+          f"({n_train} clips) for {steps} steps, testing on the other {len(rest)}"
+          + (f" ({len(left_out)} video(s) left out: they share a group with a shot)" if left_out else ""), file=sys.stderr, flush=True)
     code = cli_main(argv)
     if code:
         raise VidlitError(f"adapt: the fine-tuning run failed (exit status {code}); its output is above, its folder {out}")
@@ -150,6 +184,7 @@ def adapt(ckpt: str, shots: int, seed: int = 0, steps: int = 60, batch_size: Opt
         adapt={"checkpoint": os.path.abspath(ckpt), "run": os.path.abspath(run), "seed": seed,
                "steps": math.ceil(steps / per_epoch) * per_epoch, "batch_size": bs, "finetune_loss": "erm",
                "train_videos": len({(r.domain, r.path) for r in picked}), "test_videos": len({(r.domain, r.path) for r in rest}),
+               "left_out_videos": len(left_out),
                "shot_videos": sorted(os.path.abspath(r.path) for r in picked), "selection": "last step"},
     )
     write_results(out, results)

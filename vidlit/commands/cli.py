@@ -42,6 +42,8 @@ from vidlit.run.results import (
     callback_entries,
     callback_lines,
     print_table,
+    test_evaluation,
+    test_metrics,
     write_results,
 )
 from vidlit.run.rundir import RUN_DIR_ENV, check_writable, resolve_run_dir
@@ -305,12 +307,17 @@ class VidlitCLI(LightningCLI):
 
         averaging = find_averaging(trainer)  # --average.method swad|ema: the averaged model is the best checkpoint
         selected = best  # the epoch-selected checkpoint: the run without averaging
+        tested_selected = None
         if averaging is not None:
             ckpt_dir = getattr(trainer.checkpoint_callback, "dirpath", None) or os.path.join(self.run_dir, "checkpoints")
             if self.finished_checkpoint is None:
                 best = averaging.finalize(trainer, self.model, self.datamodule, ckpt_dir) or best
             else:
                 best = averaging.resume(ckpt_dir) or best
+            if best != selected and selected and os.path.isfile(selected):
+                # the run without averaging, tested exactly as the averaged model is below (the same
+                # --data.test_views and --tta.*), so that the paired gain compares like with like
+                tested_selected = self._test_unlogged(selected)
         trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
         meta = {
             "strategy": self.strategy_name,
@@ -324,8 +331,9 @@ class VidlitCLI(LightningCLI):
         if averaging is not None:
             results.update(averaging.summary or {"average": {"method": averaging.method, "interrupted": True}})
             if not results["average"].get("interrupted"):
-                results["average"] = {**results["average"], "unaveraged": epoch_selected(
-                    self.history.history, best_epoch_from_path(selected) if selected else results.get("best_epoch"))}
+                results["average"] = {**results["average"], "evaluation": test_evaluation(trainer, self.datamodule),
+                                      "unaveraged": epoch_selected(
+                    self.history.history, best_epoch_from_path(selected) if selected else results.get("best_epoch"), tested_selected)}
         if trainer.is_global_zero:
             path = write_results(self.run_dir, results)
             from vidlit.run.sweep_record import record_wandb_agent_run
@@ -336,6 +344,20 @@ class VidlitCLI(LightningCLI):
 
             finish_loggers(trainer, self.model, results)
 
+
+    def _test_unlogged(self, ckpt: str) -> dict:
+        """``trainer.test`` of ``ckpt`` as ``fit`` tests its best checkpoint, without logging (the
+        loggers get the best checkpoint's test only); its accuracies, how it was tested
+        (:func:`vidlit.run.results.test_evaluation`) and the checkpoint."""
+        trainer = self.trainer
+        loggers = trainer.loggers
+        trainer.loggers = []
+        try:
+            trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt, verbose=False, weights_only=True)
+        finally:
+            trainer.loggers = loggers
+        return {**test_metrics(trainer, self.datamodule), "evaluation": test_evaluation(trainer, self.datamodule),
+                "checkpoint": os.path.abspath(ckpt)}
 
     def validate(self, **kwargs: Any) -> Any:
         return self._evaluate("validate", **kwargs)

@@ -2,8 +2,12 @@
 
 Every entry is a builder ``fn(pretrained: str | None) -> Backbone``. A :class:`Backbone` maps
 normalised clips ``(B, C, T, H, W)`` (float, C = 3) to pooled features ``(B, D)`` and exposes
-``out_dim`` (D), ``stage_names`` (ordered top-level stages, used by the freeze policies and by
-MixStyle hooks) and the normalisation preset its pretrained weights expect.
+``out_dim`` (D), ``stage_names`` (ordered top-level stages, used by the freeze policies, ``--model.llrd``
+and the MixStyle and Grad-CAM hooks) and the normalisation preset its pretrained weights expect.
+The stages hold every parameter of the backbone exactly once, in input-to-output order
+(tests/test_backbone_stages.py): a layer outside every stage would be frozen by ``--model.freeze
+all_but_N`` and trained at the lowest stage's lr by ``--model.llrd``. A module between or after the
+named stages (X3D's head block, MViT's class token) joins a stage through ``stage_extras``.
 
 Register a new backbone with one function::
 
@@ -84,16 +88,30 @@ class Backbone(nn.Module):
         out_dim: int,
         stage_names: Sequence[str],
         forward_fn: Optional[Callable[[nn.Module, torch.Tensor], torch.Tensor]] = None,
+        stage_extras: Optional[dict[str, Sequence[str]]] = None,
     ) -> None:
         super().__init__()
         self.net = net
         self.out_dim = int(out_dim)
         self.stage_names = list(stage_names)
         self._forward_fn = forward_fn
+        #: stage name -> modules of ``net`` outside the named stages that train, freeze and take their lr
+        #: with that stage (the named module stays the stage's hook point for MixStyle and Grad-CAM)
+        self.stage_extras = {k: list(v) for k, v in (stage_extras or {}).items()}
+        unknown = sorted(set(self.stage_extras) - set(self.stage_names))
+        if unknown:
+            raise ValueError(f"stage_extras names {unknown}, which are not in stage_names {self.stage_names}")
 
     def stages(self) -> list[nn.Module]:
-        """Top-level stages in input-to-output order."""
-        return [self.net.get_submodule(n) for n in self.stage_names]
+        """Top-level stages in input-to-output order, one per ``stage_names`` entry: the named module,
+        or, for a stage with ``stage_extras``, an ``nn.ModuleList`` of it and its extra modules (made
+        here, not registered: the checkpoint layout is the network's)."""
+        out = []
+        for name in self.stage_names:
+            stage = self.net.get_submodule(name)
+            extras = [self.net.get_submodule(e) for e in self.stage_extras.get(name, ())]
+            out.append(nn.ModuleList([stage, *extras]) if extras else stage)
+        return out
 
     def set_input_norm(self, given: tuple, wanted: tuple) -> None:
         """Inputs arrive normalised with ``given`` (mean, std) (the registry's preset, which the
@@ -169,6 +187,7 @@ def _torchvision_video(name: str, pretrained: Optional[str]) -> Backbone:
 
     net = get_model(name, weights=None)
     url = get_model_weights(name).DEFAULT.url
+    extras: Optional[dict[str, list[str]]] = None
     inflated = str(pretrained).lower() == INFLATED
     if inflated and name not in ("r3d_18", "mc3_18"):
         raise PretrainedWeightsError(
@@ -191,13 +210,14 @@ def _torchvision_video(name: str, pretrained: Optional[str]) -> Backbone:
         load_weights(net, name, pretrained, url, ("head.",))
         dim, net.head = net.head[1].in_features, nn.Identity()
         stages = ["conv_proj"] + [f"blocks.{i}" for i in range(len(net.blocks))] + ["norm"]
+        extras = {"conv_proj": ["pos_encoding"]}  # the class token (and absolute positions, where used): input side
     elif name == "swin3d_t":
         load_weights(net, name, pretrained, url, ("head.",))
         dim, net.head = net.head.in_features, nn.Identity()
         stages = ["patch_embed"] + [f"features.{i}" for i in range(len(net.features))] + ["norm"]
     else:  # pragma: no cover - guarded by the registrations below
         raise KeyError(name)
-    bb = Backbone(net, dim, stages)
+    bb = Backbone(net, dim, stages, stage_extras=extras)
     if inflated:  # the data arrive with this backbone's Kinetics preset; ImageNet kernels want ImageNet's
         imagenet = torchvision_info("resnet18")
         bb.set_input_norm(NORM_PRESETS[BACKBONES.get(name).norm], (imagenet.mean, imagenet.std))
@@ -282,9 +302,14 @@ def _ptv_backbone(name: str, pretrained: Optional[str], crop: int, frames: int) 
             if isinstance(mod, nn.AvgPool3d):
                 parent = block.get_submodule(mod_name.rsplit(".", 1)[0]) if "." in mod_name else block
                 setattr(parent, mod_name.rsplit(".", 1)[-1], nn.AdaptiveAvgPool3d(1))
-    stages = [f"blocks.{i}" for i in range(len(net.blocks) - 1)]
+    # stages: the blocks before the head block that have parameters (not SlowFast's pathway pooling: an
+    # empty last stage would leave --model.freeze all_but_1 nothing to train); the head block's own layers
+    # (X3D: pre_conv, its BatchNorm, post_conv; a third of X3D-XS) train with the last stage
+    stages = [f"blocks.{i}" for i in range(len(net.blocks) - 1) if any(True for _ in net.blocks[i].parameters())]
+    head = f"blocks.{len(net.blocks) - 1}"
+    extras = {stages[-1]: [head]} if any(True for _ in net.blocks[-1].parameters()) else None
     forward = _slowfast_forward if name == "slowfast_r50" else None
-    return Backbone(net, dim, stages, forward)
+    return Backbone(net, dim, stages, forward, extras)
 
 
 def _slowfast_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:

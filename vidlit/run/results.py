@@ -66,19 +66,43 @@ def build_results(
     }
 
 
-def epoch_selected(history: list[dict], epoch: Optional[int]) -> Optional[dict]:
+def test_evaluation(trainer: pl.Trainer, datamodule: Any) -> dict:
+    """How ``trainer.test`` evaluates: ``{"test_views": "CLIPSxCROPS", "tta": METHOD}``
+    (``--data.test_views``, and the method of a callback that adapts the model during test, which
+    says so with a ``test_adaptation`` attribute, e.g. ``--tta.method``; ``"1x1"``/``"none"`` without them)."""
+    clips, crops = getattr(datamodule, "test_views", None) or (1, 1)
+    method = next((cb.test_adaptation for cb in trainer.callbacks if getattr(cb, "test_adaptation", None)), "none")
+    return {"test_views": f"{int(clips)}x{int(crops)}", "tta": method}
+
+
+def test_metrics(trainer: pl.Trainer, datamodule: Any) -> dict:
+    """``test_acc`` and ``test_acc_per_domain`` of the trainer's last test."""
+    m = trainer.callback_metrics
+    return {"test_acc": metric(m, acc_key(TEST)), "test_acc_per_domain": per_domain(m, TEST, datamodule.target_domains)}
+
+
+def epoch_selected(history: list[dict], epoch: Optional[int], tested: Optional[dict] = None) -> Optional[dict]:
     """The epoch-selected model of a weight-averaged run (``--average.method swad|ema``), the run
-    *without* averaging: its epoch, source-validation accuracy and loss, and held-out accuracy as
-    measured at that epoch's validation (``val_target``, the same weights the epoch's checkpoint
-    holds: for a run without averaging it equals ``test_acc``). Averaging does not change the
-    training trajectory, so one averaged run also gives the comparison without it. None when the
-    history has no held-out accuracy for ``epoch``."""
-    rows = [h for h in history if h.get("epoch") == epoch and h.get("target_acc") is not None]
-    if not rows:
+    *without* averaging: its epoch, source-validation accuracy and loss (the history's at that
+    epoch: one view, no test-time adaptation, as the averaged model is validated), and its held-out
+    accuracy. Averaging does not change the training trajectory, so one averaged run also gives the
+    comparison without it.
+
+    ``tested``: the held-out accuracies of ``trainer.test`` on the epoch-selected checkpoint, run as
+    the averaged model's test (the same ``--data.test_views`` and ``--tta.*``), with ``evaluation``
+    (:func:`test_evaluation`) and ``checkpoint``; ``fit`` always passes it. Without it (a run whose
+    epoch-selected checkpoint is missing, or results written before) the held-out accuracy measured
+    at that epoch's validation (``val_target``: one view, no adaptation) is used, recorded as
+    ``source: history``; None when the history has no held-out accuracy for ``epoch``."""
+    rows = [h for h in history if h.get("epoch") == epoch]
+    row = rows[0] if rows else {}
+    if tested is not None:
+        return {"best_epoch": epoch, "val_acc": row.get("val_acc"), "val_loss": row.get("val_loss"), "source": "test", **tested}
+    if row.get("target_acc") is None:
         return None
-    row = rows[0]
     return {"best_epoch": epoch, "val_acc": row.get("val_acc"), "val_loss": row.get("val_loss"),
-            "test_acc": row["target_acc"], "test_acc_per_domain": row.get("target_acc_per_domain", {})}
+            "test_acc": row["target_acc"], "test_acc_per_domain": row.get("target_acc_per_domain", {}),
+            "source": "history", "evaluation": {"test_views": "1x1", "tta": "none"}}
 
 
 def unaveraged(results: dict) -> Optional[dict]:
@@ -152,8 +176,13 @@ def print_table(results: dict, path: str, lines: Sequence[str] = ()) -> None:
     console = Console()
     console.print(table)
     if raw is not None:
+        ev, same = raw.get("evaluation") or {}, ""
+        if ev and ev == results["average"].get("evaluation"):
+            same = f", tested as the averaged model: {ev['test_views']} views, tta {ev['tta']}"
+        elif ev:
+            same = f"; not comparable: tested with {ev['test_views']} views, tta {ev['tta']}"
         console.print(f"without averaging (best epoch {raw['best_epoch']}): source val {pct(raw['val_acc'])}, "
-                      f"target test {pct(raw['test_acc'])}")
+                      f"target test {pct(raw['test_acc'])}{same}")
     if results.get("bad_videos"):
         console.print(f"bad videos replaced during training: {results['bad_videos']}")
     if any((results.get("skipped_videos") or {}).values()):
