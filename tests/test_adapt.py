@@ -180,6 +180,12 @@ def test_adapt_on_a_tiny_run(tiny_root, tmp_path_factory, tmp_path):
     assert zero["shots"] == 0 and keys <= set(zero) and keys <= set(res)
     test = json.loads((out0 / "test_results.json").read_text())
     assert zero["test_acc"] == test["test_acc"]
+    # one results schema: fit's results.json, test's test_results.json and adapt's results.json
+    # start with the same head (vidlit.run.results.results_head), each naming the command that wrote it
+    head = {"kind", "strategy", "backbone", "dataset", "run_dir", "source_domains", "target_domains", "class_names"}
+    assert head <= set(ref) and head <= set(test) and head <= set(res) and head <= set(zero)
+    assert (ref["kind"], test["kind"], res["kind"], zero["kind"]) == ("fit", "test", "adapt", "adapt")
+    assert test["class_names"] == ref["class_names"] and test["target_domains"] == ref["target_domains"]
 
     proc = run_vidlit("adapt", "--ckpt_path", ckpt, "--shots", "6", "--out", str(tmp_path / "k6"))
     assert proc.returncode == 2 and "--shots 6" in proc.stderr and "has only 6 video(s)" in proc.stderr

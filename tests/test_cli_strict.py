@@ -164,7 +164,7 @@ def test_validate_and_test_take_the_checkpoints_run_settings_and_write_into_it(d
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = _only(os.path.join(dann_run, "eval"), "validate-")
     res = json.load(open(os.path.join(out, "validate_results.json")))
-    assert res["strategy"] == "dann" and res["backbone"] == "tiny3d" and res["subcommand"] == "validate"
+    assert res["strategy"] == "dann" and res["backbone"] == "tiny3d" and res["subcommand"] == res["kind"] == "validate"
     assert set(res["val_acc_per_domain"]) == {"clean", "colour", "shaky"} and set(res["target_acc_per_domain"]) == {"texture"}
     for d in ("clean", "colour", "shaky", "texture"):
         assert d in proc.stdout

@@ -180,7 +180,7 @@ def adapt(ckpt: str, shots: int, seed: int = 0, steps: int = 60, batch_size: Opt
     with open(os.path.join(out, RESULTS_FILE)) as fh:
         results = json.load(fh)
     results.update(
-        strategy=strategy, source_domains=sources, shots=shots,
+        kind="adapt", strategy=strategy, source_domains=sources, shots=shots,
         adapt={"checkpoint": os.path.abspath(ckpt), "run": os.path.abspath(run), "seed": seed,
                "steps": math.ceil(steps / per_epoch) * per_epoch, "batch_size": bs, "finetune_loss": "erm",
                "train_videos": len({(r.domain, r.path) for r in picked}), "test_videos": len({(r.domain, r.path) for r in rest}),
@@ -202,7 +202,7 @@ def _zero_shot(ckpt: str, out: str, strategy: str, sources: list, seed: int, ext
     with open(os.path.join(out, "test_results.json")) as fh:
         test = json.load(fh)
     results = {
-        "strategy": strategy, "backbone": test.get("backbone"), "dataset": test.get("dataset"), "seed": seed,
+        "kind": "adapt", "strategy": strategy, "backbone": test.get("backbone"), "dataset": test.get("dataset"), "seed": seed,
         "run_dir": test.get("run_dir"), "source_domains": sources, "target_domains": test.get("target_domains"),
         "class_names": test.get("class_names"), "val_acc": None, "val_loss": None, "val_acc_per_domain": {},
         "test_acc": test.get("test_acc"), "test_acc_per_domain": test.get("test_acc_per_domain"),

@@ -39,9 +39,10 @@ from vidlit.run.results import (
     best_epoch_from_path,
     build_results,
     epoch_selected,
-    callback_entries,
     callback_lines,
+    eval_results,
     print_table,
+    results_head,
     test_evaluation,
     test_metrics,
     write_results,
@@ -320,11 +321,9 @@ class VidlitCLI(LightningCLI):
                 tested_selected = self._test_unlogged(selected)
         trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
         meta = {
-            "strategy": self.strategy_name,
-            "backbone": self.model.hparams.backbone,
-            "dataset": self.dataset_name,
+            **results_head("fit", strategy=self.strategy_name, backbone=self.model.hparams.backbone,
+                           dataset=self.dataset_name, run_dir=self.run_dir, datamodule=self.datamodule),
             "seed": self.config[self.subcommand].seed_everything,
-            "run_dir": os.path.abspath(self.run_dir),
             "wall_time_s": self.wall_clock.update(),
         }
         results = build_results(trainer, self.model, self.datamodule, self.history.history, best, meta)
@@ -391,48 +390,22 @@ class VidlitCLI(LightningCLI):
     def _write_eval_results(self, subcommand: str) -> None:
         """``validate``/``test``: ``<run_dir>/<subcommand>_results.json`` (the per-domain accuracies;
         never the fit's ``results.json``), its path printed under the per-domain table."""
-        trainer, dm = self.trainer, self.datamodule
+        trainer = self.trainer
         if trainer.interrupted or not trainer.is_global_zero:
             return
-        m = trainer.callback_metrics
-        names = getattr(self.model, "domain_names", {})
-        cfg = self.config[self.subcommand]
-        ckpt = cfg.get("ckpt_path")
-        results = {
-            "subcommand": subcommand,
-            "strategy": self.strategy_name,
-            "backbone": self.model.hparams.get("backbone"),
-            "dataset": self.dataset_name,
-            "checkpoint": os.path.abspath(ckpt) if ckpt and os.path.isfile(str(ckpt)) else ckpt,
-            "checkpoint_run": os.path.abspath(self.checkpoint_run) if self.checkpoint_run else None,
-            "run_dir": os.path.abspath(self.run_dir),
-            "source_domains": list(getattr(dm, "source_domains", [])),
-            "target_domains": list(getattr(dm, "target_domains", [])),
-            "class_names": list(getattr(dm, "class_names", [])),
-        }
-        prefixes = {"validate": (("val", "val", "val"), ("target", "val_target", "test")), "test": (("test", "test", "test"),)}
-        for key, prefix, role in prefixes[subcommand]:
-            results[f"{key}_acc"] = _metric(m, f"{prefix}/acc")
-            results[f"{key}_acc_per_domain"] = {d: _metric(m, f"{prefix}/acc/{d}") for d in names.get(role, [])}
-        if subcommand == "validate":
-            results["val_loss"] = _metric(m, "val/loss")
-        results.update(callback_entries(trainer, subcommand))  # --tta.*, foreground share, ...
+        ckpt = self.config[self.subcommand].get("ckpt_path")
+        head = results_head(subcommand, strategy=self.strategy_name, backbone=self.model.hparams.get("backbone"),
+                            dataset=self.dataset_name, run_dir=self.run_dir, datamodule=self.datamodule)
+        head.update(subcommand=subcommand,
+                    checkpoint=os.path.abspath(ckpt) if ckpt and os.path.isfile(str(ckpt)) else ckpt,
+                    checkpoint_run=os.path.abspath(self.checkpoint_run) if self.checkpoint_run else None)
+        results = eval_results(subcommand, trainer, self.model, head)
         results["wall_time_s"] = round(time.time() - self.start_time, 2)
-        os.makedirs(self.run_dir, exist_ok=True)
-        path = os.path.join(self.run_dir, f"{subcommand}_results.json")
-        with open(path + ".tmp", "w") as fh:
-            import json
-
-            json.dump(results, fh, indent=2)
-        os.replace(path + ".tmp", path)
+        path = write_results(self.run_dir, results, f"{subcommand}_results.json")
         for line in callback_lines(trainer, results):
             print(line, flush=True)
         print(f"results: {path}", flush=True)
 
-
-def _metric(metrics: dict, key: str) -> Optional[float]:
-    value = metrics.get(key)
-    return None if value is None else round(float(value), 6)
 
 
 def _resolve_ckpt_path(ckpt_path: Optional[str], trainer: Any) -> Optional[str]:

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 
 from vidlit.run.files import RESULTS_FILE
-from vidlit.run.metric_names import TEST, acc_key, metric, per_domain
-from vidlit.utils.io import fsync
+from vidlit.run.metric_names import TEST, VAL, VAL_TARGET, acc_key, loss_key, metric, per_domain
+from vidlit.utils.io import atomic_write
 
 if TYPE_CHECKING:  # Lightning is imported only by the code that trains (report reads results without it)
     import lightning.pytorch as pl
@@ -137,19 +137,52 @@ def callback_lines(trainer: pl.Trainer, results: dict) -> list[str]:
     return lines
 
 
-def write_results(run_dir: str, results: dict) -> str:
-    """Write ``results.json`` atomically; returns its path."""
+def write_results(run_dir: str, results: dict, name: str = RESULTS_FILE) -> str:
+    """Write ``<run_dir>/<name>`` (``results.json``, or an eval command's ``test_results.json``)
+    atomically; returns its path."""
     from vidlit.utils.fault import fault_point
 
-    os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, RESULTS_FILE)
-    with open(path + ".tmp", "w") as fh:
+    path = os.path.join(run_dir, name)
+    with atomic_write(path) as fh:
         json.dump(results, fh, indent=2)
         fh.flush()
         fault_point("results_write")
-    fsync(path + ".tmp")
-    os.replace(path + ".tmp", path)
     return path
+
+
+def results_head(kind: str, *, strategy: str, backbone: Optional[str], dataset: str, run_dir: str, datamodule: Any) -> dict:
+    """The entries every results file starts with, the one schema of ``fit``'s ``results.json``,
+    ``validate``/``test``'s ``<command>_results.json`` and ``adapt``'s ``results.json``: ``kind``
+    (which command wrote it), the strategy, backbone and dataset, the run folder, and the domains
+    and classes. Accuracies everywhere are fractions in [0, 1] under the same names (``val_acc``,
+    ``val_acc_per_domain``, ``test_acc``, ``test_acc_per_domain``, ...)."""
+    return {
+        "kind": kind,
+        "strategy": strategy,
+        "backbone": backbone,
+        "dataset": dataset,
+        "run_dir": os.path.abspath(run_dir),
+        "source_domains": [str(d) for d in getattr(datamodule, "source_domains", [])],
+        "target_domains": [str(d) for d in getattr(datamodule, "target_domains", [])],
+        "class_names": [str(c) for c in getattr(datamodule, "class_names", [])],
+    }
+
+
+def eval_results(kind: str, trainer: pl.Trainer, module: pl.LightningModule, head: dict) -> dict:
+    """``validate``'s or ``test``'s results (``head``: :func:`results_head` plus what the command
+    adds): per-domain accuracies of the source validation split and the held-out domains
+    (``validate``) or of the held-out domains (``test``), and every callback's entries."""
+    m = trainer.callback_metrics
+    names = getattr(module, "domain_names", {})
+    results = dict(head)
+    parts = {"validate": (("val", VAL, "val"), ("target", VAL_TARGET, "test")), "test": (("test", TEST, "test"),)}
+    for key, prefix, role in parts[kind]:
+        results[f"{key}_acc"] = metric(m, acc_key(prefix))
+        results[f"{key}_acc_per_domain"] = per_domain(m, prefix, names.get(role, []))
+    if kind == "validate":
+        results["val_loss"] = metric(m, loss_key(VAL))
+    results.update(callback_entries(trainer, kind))  # --tta.*, foreground share, ...
+    return results
 
 
 def print_table(results: dict, path: str, lines: Sequence[str] = ()) -> None:
