@@ -63,8 +63,9 @@ def test_runs_differing_only_in_epochs_are_never_averaged(tmp_path):
     assert proc.returncode == 0, proc.stderr
     tables = _table_rows(proc.stdout)
     assert set(tables) == {"Dataset `folder` (1 of 2): trainer.max_epochs=2", "Dataset `folder` (2 of 2): trainer.max_epochs=12"}
-    assert tables["Dataset `folder` (1 of 2): trainer.max_epochs=2"] == ["| erm | 45.0 ± 5.0 | 45.0 ± 5.0 | 2 |"]
-    assert tables["Dataset `folder` (2 of 2): trainer.max_epochs=12"] == ["| erm | 85.0 ± 5.0 | 85.0 ± 5.0 | 2 |"]
+    # 40 and 50: std (ddof=0, DomainBed's) 5, SE 5 / sqrt(2) = 3.54; 80 and 90 likewise
+    assert tables["Dataset `folder` (1 of 2): trainer.max_epochs=2"] == ["| erm | 45.0 ± 3.5 | 45.0 ± 3.5 | 2 |"]
+    assert tables["Dataset `folder` (2 of 2): trainer.max_epochs=12"] == ["| erm | 85.0 ± 3.5 | 85.0 ± 3.5 | 2 |"]
     assert "differ in: trainer.max_epochs." in proc.stdout
     assert "Settings: model.backbone=tiny3d, trainer.max_epochs=12, data.size=32, data.num_frames=4, data.root=/data/x." in proc.stdout
     for k in (1, 2):
@@ -72,7 +73,7 @@ def test_runs_differing_only_in_epochs_are_never_averaged(tmp_path):
     # --where picks one of them
     proc = run_vidlit("report", root, "--out", str(tmp_path / "rep2"), "--where", "trainer.max_epochs=12")
     assert proc.returncode == 0, proc.stderr
-    assert list(_table_rows(proc.stdout).values()) == [["| erm | 85.0 ± 5.0 | 85.0 ± 5.0 | 2 |"]]
+    assert list(_table_rows(proc.stdout).values()) == [["| erm | 85.0 ± 3.5 | 85.0 ± 3.5 | 2 |"]]
 
 
 def test_draws_with_different_epochs_are_not_selected_together(tmp_path):
@@ -84,6 +85,7 @@ def test_draws_with_different_epochs_are_not_selected_together(tmp_path):
     assert report.main([root]) == 0
     text = open(os.path.join(root, "report.md")).read()
     tables = _table_rows(text)
+    # one seed: the value alone (no standard error, never "± 0.0"), n = 1 in the Seeds column
     assert tables["Dataset `folder` (1 of 2): trainer.max_epochs=2"] == ["| erm | 60.0 | 60.0 | 1 |"]
     # among the 12-epoch draws (0 and 2), draw 0 has the best val_acc; model.lr is the search, not a setting
     assert tables["Dataset `folder` (2 of 2): trainer.max_epochs=12"] == ["| erm | 30.0 | 30.0 | 1 |"]
@@ -133,7 +135,7 @@ def test_ties_in_val_acc_are_broken_by_lower_val_loss(tmp_path):
     _run(root, "erm", "A", 1, 0.65, 1.0, draw=1, hparams={"model.lr": 0.005})
     assert report.main([root]) == 0
     rows = list(_table_rows(open(os.path.join(root, "report.md")).read()).values())
-    assert rows == [["| erm | 55.0 ± 20.0 | 55.0 ± 20.0 | 2 |"]]  # 75 (draw 2) and 35 (draw 0)
+    assert rows == [["| erm | 55.0 ± 14.1 | 55.0 ± 14.1 | 2 |"]]  # 75 (draw 2) and 35 (draw 0): std 20, SE 20 / sqrt(2)
 
 
 def test_chart_marks_chance_labels_bars_and_keeps_the_legend_off_them(tmp_path):
@@ -236,9 +238,10 @@ def test_averaged_runs_show_the_run_without_averaging_and_the_paired_gain(tmp_pa
         part = text.split(f"### {title}")[1].split("###")[0]
         return [ln for ln in part.splitlines() if ln.startswith("| erm")]
 
-    assert rows("Model selection: training-domain validation") == ["| erm | 75.0 ± 5.0 | 75.0 ± 5.0 | 2 |"]
-    assert rows("The same runs without weight averaging") == ["| erm | 73.5 ± 1.5 | 73.5 ± 1.5 | 2 |"]
-    assert rows("Gain from weight averaging") == ["| erm | 1.5 ± 3.5 | 1.5 ± 3.5 | 2 |"]
+    # 80, 70: SE 5 / sqrt(2) = 3.54; 75, 72: 1.5 / sqrt(2) = 1.06; gains 5, -2: 3.5 / sqrt(2) = 2.47
+    assert rows("Model selection: training-domain validation") == ["| erm | 75.0 ± 3.5 | 75.0 ± 3.5 | 2 |"]
+    assert rows("The same runs without weight averaging") == ["| erm | 73.5 ± 1.1 | 73.5 ± 1.1 | 2 |"]
+    assert rows("Gain from weight averaging") == ["| erm | 1.5 ± 2.5 | 1.5 ± 2.5 | 2 |"]
     # without averaged runs neither table is there
     plain = str(tmp_path / "plain")
     _run(plain, "erm", "a", 0, 0.8, 0.9)

@@ -145,6 +145,12 @@ def test_report_tables_mean_se_selection_and_incomplete_runs(tmp_path, capsys):
     _fake_run(root, "folder", "dann", "A", 0, 0.60, 0.75, 0.65, draw=1)
     _fake_run(root, "folder", "dann", "A", 1, 0.50, 0.80, 0.55, draw=0)
     _fake_run(root, "folder", "dann", "A", 1, 0.90, 0.60, 0.92, draw=1)
+    # coral: one seed; mixup: seeds 0 and 1 on A, seed 0 only on B
+    _fake_run(root, "folder", "coral", "A", 0, 0.61, 0.85, 0.63)
+    _fake_run(root, "folder", "coral", "B", 0, 0.72, 0.75, 0.72)
+    _fake_run(root, "folder", "mixup", "A", 0, 0.62, 0.85, 0.66)
+    _fake_run(root, "folder", "mixup", "B", 0, 0.74, 0.75, 0.80)
+    _fake_run(root, "folder", "mixup", "A", 1, 0.66, 0.90, 0.70)
     # W&B's copy of results.json must not count twice
     dup = os.path.join(root, "folder", "erm", "target=A", "seed=0", "wandb", "offline-run-x", "files")
     os.makedirs(dup)
@@ -170,22 +176,38 @@ def test_report_tables_mean_se_selection_and_incomplete_runs(tmp_path, capsys):
     oracle = next(s for s in sections if s.startswith("Model selection: oracle"))
     inout = next(s for s in sections if s.startswith("In-domain vs out-of-domain"))
     assert "UPPER BOUND" in oracle
-    # erm A: 50, 60, 70 -> 60.0 +- 10/sqrt(3); B: 70, 80, 90; Avg per seed 60, 70, 80
-    assert "| erm | 60.0 ± 5.8 | 80.0 ± 5.8 | 70.0 ± 5.8 | 3 |" in tdv
-    # dann A: seed 0 picks draw 1 (val 0.75) -> 60, seed 1 picks draw 0 (val 0.80) -> 50; no B: no Avg
-    assert "| dann | 55.0 ± 5.0 | - | - | 2 |" in tdv
-    # oracle: best oracle_test_acc over draws: 95 and 92
-    assert "| dann | 93.5 ± 1.5 | - | - | 2 |" in oracle
-    assert "| erm | 65.0 ± 5.8 | 85.0 ± 5.8 | 75.0 ± 5.8 | 3 |" in oracle
-    # erm in-domain: per seed mean(0.9, 0.8) = 85; out: 60, 70, 80; gap 25, 15, 5
-    assert "| erm | 85.0 ± 0.0 | 70.0 ± 5.8 | 15.0 ± 5.8 | 3 |" in inout
+    # standard error as DomainBed: std with ddof=0 over the seeds / sqrt(n), stated with the tables
+    assert "standard error over seeds as in DomainBed: std (ddof=0) / sqrt(n)" in text
+    # erm A: 50, 60, 70 -> 60.0 +- sqrt((100 + 0 + 100) / 3) / sqrt(3) = 4.71; B: 70, 80, 90; Avg per seed 60, 70, 80
+    assert "| erm | 60.0 ± 4.7 | 80.0 ± 4.7 | 70.0 ± 4.7 | 3 |" in tdv
+    # dann A: seed 0 picks draw 1 (val 0.75) -> 60, seed 1 picks draw 0 (val 0.80) -> 50: 55 +- 5 / sqrt(2); no B: no Avg
+    assert "| dann | 55.0 ± 3.5 | - | - | 2 |" in tdv
+    # one seed: the value alone, no standard error (never "± 0.0"); n in the Seeds column
+    assert "| coral | 61.0 | 72.0 | 66.5 | 1 |" in tdv
+    # a row with cells of different n: the cells with fewer seeds than the row's most say theirs
+    # (A: 62, 66 -> 64 +- 2 / sqrt(2); B: seed 0 only; Avg: seed 0 only, (62 + 74) / 2)
+    assert "| mixup | 64.0 ± 1.4 | 74.0 (n=1) | 68.0 (n=1) | 1-2 |" in tdv
+    # oracle: best oracle_test_acc over draws: 95 and 92 -> 93.5 +- 1.5 / sqrt(2)
+    assert "| dann | 93.5 ± 1.1 | - | - | 2 |" in oracle
+    assert "| erm | 65.0 ± 4.7 | 85.0 ± 4.7 | 75.0 ± 4.7 | 3 |" in oracle
+    assert "| coral | 63.0 | 72.0 | 67.5 | 1 |" in oracle
+    assert "| mixup | 68.0 ± 1.4 | 80.0 (n=1) | 73.0 (n=1) | 1-2 |" in oracle
+    # erm in-domain: per seed mean(0.9, 0.8) = 85 (three equal values: a real 0.0); out: 60, 70, 80; gap 25, 15, 5
+    assert "| erm | 85.0 ± 0.0 | 70.0 ± 4.7 | 15.0 ± 4.7 | 3 |" in inout
+    assert "| coral | 80.0 | 66.5 | 13.5 | 1 |" in inout
+    # mixup per seed: in 80 (0.85, 0.75) and 90, out 68 and 66, gap 12 and 24
+    assert "| mixup | 85.0 ± 3.5 | 67.0 ± 0.7 | 18.0 ± 4.2 | 2 |" in inout
+    assert not [ln for ln in text.splitlines() if ln.startswith("| ") and "± 0.0" in ln and not ln.startswith("| erm |")]
     assert f"`{killed}`: no results.json (incomplete); checkpoints/last.ckpt present" in text
     assert f"`{failed}`: no results.json (failed (exit 1))" in text
 
     with open(os.path.join(out, "report_folder.csv")) as fh:
         rows = list(csv.DictReader(fh))
     erm_avg = [r for r in rows if r["table"] == "training-domain validation" and r["strategy"] == "erm" and r["column"] == "Avg"]
-    assert [(float(r["mean_pct"]), r["n_seeds"]) for r in erm_avg] == [(70.0, "3")]
+    assert [(float(r["mean_pct"]), float(r["se_pct"]), r["n_seeds"]) for r in erm_avg] == [(70.0, 4.714, "3")]  # sqrt(200) / 3
+    mixup = {r["column"]: (float(r["mean_pct"]), r["se_pct"], r["n_seeds"]) for r in rows
+             if r["table"] == "training-domain validation" and r["strategy"] == "mixup"}
+    assert mixup == {"A": (64.0, "1.4142", "2"), "B": (74.0, "", "1"), "Avg": (68.0, "", "1")}  # one seed: no SE
     with open(os.path.join(out, "report_folder.png"), "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
 

@@ -289,3 +289,27 @@ def test_cli_test_with_tta_writes_tta_and_leaves_the_checkpoint(tiny_root, tmp_p
     assert not torch.allclose(trained[f"{calls[0]['name']}.running_mean"].double(), mean, rtol=1e-2, atol=1e-3)
     proc = run_vidlit("test", "--ckpt_path", ckpt, "--tta.method", "tnt")
     assert proc.returncode == 2 and "tta.method" in proc.stderr
+
+
+def test_foreground_share_under_tta_is_the_unadapted_models(tiny_root, tmp_path_factory, tmp_path):
+    """``test --tta.method adabn|tent``: the foreground share (Grad-CAM at the end of the test) is
+    computed on the tested checkpoint without adaptation, whatever the order of the callbacks
+    (not with Tent's hooks still attached or the last domain's AdaBN statistics), so it equals the
+    share of the same test without TTA; test_results.json says which model it was."""
+    from tests.helpers import run_vidlit
+    from tests.test_reproducible import reference_run
+
+    run = reference_run(tiny_root, str(tmp_path_factory.getbasetemp()))
+    ckpt = os.path.join(run, "checkpoints", "last.ckpt")
+    shares = {}
+    for method in ("none", "adabn", "tent"):
+        out = tmp_path / method
+        proc = run_vidlit("test", "--ckpt_path", ckpt, "--tta.method", method, "--trainer.default_root_dir", str(out),
+                          "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--data.num_workers", "0")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        res = json.loads((out / "test_results.json").read_text())
+        assert res["foreground_share_info"]["model"] == "unadapted", res["foreground_share_info"]
+        assert res["foreground_share_info"]["tta"] == method and res.get("tta", {"method": "none"})["method"] == method
+        shares[method] = res["foreground_share"]
+    assert shares["none"]["texture"] is not None
+    assert shares["adabn"] == shares["none"] and shares["tent"] == shares["none"]

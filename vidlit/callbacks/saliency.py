@@ -17,6 +17,9 @@ class ForegroundShare(Callback):
     turn) and, when the data has object masks (the embedded set has), the foreground share per
     domain: the mean over clips of saliency mass inside the object mask / total mass. Written to
     ``results.json`` as ``foreground_share`` (null without masks) and shown by ``vidlit report``.
+    Always on the tested weights without test-time adaptation (``--tta.*`` is undone first, see
+    :func:`vidlit.callbacks.tta.finish_adaptation`): ``foreground_share_info.model`` is ``"unadapted"`` and
+    ``foreground_share_info.tta`` the method the test itself used.
 
     Args:
         clips_per_domain: clips explained per target domain (0 = off).
@@ -44,6 +47,12 @@ class ForegroundShare(Callback):
         dataset = getattr(getattr(trainer, "datamodule", None), "test_set", None)
         if not trainer.is_global_zero or self.clips_per_domain == 0 or dataset is None or not getattr(dataset, "masks", False):
             return
+        from vidlit.callbacks.tta import finish_adaptation
+
+        # the tested model without test-time adaptation, whatever the order of the callbacks: a
+        # TestTimeAdaptation whose on_test_end has not run yet restores it now (Tent's hooks off,
+        # the trained BatchNorm statistics instead of the last domain's AdaBN ones)
+        tta = finish_adaptation(trainer, pl_module)
         picks = pick_per_domain(dataset.domain_ids, dataset.labels, self.clips_per_domain)
         share: dict[str, Optional[float]] = {}
         clips: dict[str, int] = {}
@@ -62,7 +71,10 @@ class ForegroundShare(Callback):
         self.result = {
             "foreground_share": share,
             # mask_area: the object's share of the pixels, what a map spread evenly would score
-            "foreground_share_info": {"clips": clips, "mask_area": area, "stage": stage, "explained": "predicted class"},
+            # model: Grad-CAM ran on the tested weights without test-time adaptation ("unadapted";
+            # tta: the method the test's accuracies were adapted with, "none" without)
+            "foreground_share_info": {"clips": clips, "mask_area": area, "stage": stage, "explained": "predicted class",
+                                      "model": "unadapted", "tta": tta or "none"},
         }
 
 

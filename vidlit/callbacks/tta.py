@@ -240,6 +240,13 @@ class TestTimeAdaptation(Callback):
         pl_module.__dict__["test_step"] = test_step
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.finish(pl_module)
+
+    def finish(self, pl_module: pl.LightningModule) -> None:
+        """End the adaptation of this test: keep each domain's adapted state (:attr:`adapted`),
+        put the model back as it was and write :attr:`summary`. Called at ``on_test_end``, and
+        earlier by callbacks that need the unadapted model at the end of the test whatever the
+        order of the callbacks (:func:`finish_adaptation`); a no-op once done."""
         if not self.active or self._saved is None:
             return
         if self.method == "tent":
@@ -504,6 +511,19 @@ class TestTimeAdaptation(Callback):
             self._tent_store(pl_module, self._current)
             self._tent_load(self._tent_states.get(d, self._tent_initial))
         self._current = d
+
+
+def finish_adaptation(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Optional[str]:
+    """Restore the unadapted model now if a :class:`TestTimeAdaptation` of the trainer still holds
+    it adapted (at the end of a test, before its own ``on_test_end``); returns the method that
+    adapted this test (``adabn``/``tent``), or None."""
+    method = None
+    for cb in trainer.callbacks:
+        if isinstance(cb, TestTimeAdaptation) and cb.active:
+            if cb._saved is not None or cb.summary is not None:
+                method = cb.method
+            cb.finish(pl_module)
+    return method
 
 
 def tta_results(trainer: pl.Trainer) -> dict:

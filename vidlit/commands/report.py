@@ -8,7 +8,12 @@ strategy options outside the search) are never averaged or selected together: ea
 group is its own table, headed by the settings that differ between the groups.
 
 Per group: rows are strategies, columns each held-out domain and Avg, cells the accuracy (%)
-as mean +- standard error (sample std / sqrt(n)) over seeds, for
+as mean +- standard error over seeds, computed as DomainBed's ``collect_results.format_mean``
+does (``np.std(list(data) / np.sqrt(len(data)))``): the std with ddof=0, divided by sqrt(n)
+(:func:`mean_se`; the sample std, ddof=1, would give sqrt(n / (n - 1)) times more: x 1.22 at
+3 seeds). The Seeds column gives the seeds per cell (a range when they differ; a cell with fewer
+seeds than the most in its row then says its own, e.g. ``(n=1)``); a cell of one seed is the
+value alone, with no standard error (never ``± 0.0``). The cells are for
 
 * training-domain validation: the checkpoint (and, among the hyperparameter draws of one sweep,
   the draw) with the best source-domain validation accuracy, ties broken by the lower
@@ -367,21 +372,26 @@ def _foreground(res: dict) -> Optional[float]:
 
 
 def mean_se(values: Sequence[float]) -> tuple[Optional[float], Optional[float], int]:
-    """Mean and standard error (sample std / sqrt(n); None for n < 2) in %, and n."""
+    """Mean and standard error in %, and n. The standard error is DomainBed's: std with ddof=0
+    divided by sqrt(n), i.e. sqrt(sum((v - mean)^2) / n) / sqrt(n); None for n < 2 (one seed says
+    nothing about the spread: 0 would read as an exact result)."""
     vals = [100 * v for v in values if v is not None]
     n = len(vals)
     if not n:
         return None, None, 0
     mean = sum(vals) / n
-    se = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1) / n) if n > 1 else None
+    se = math.sqrt(sum((v - mean) ** 2 for v in vals) / n) / math.sqrt(n) if n > 1 else None
     return mean, se, n
 
 
-def _cell(stat: tuple) -> str:
+def _cell(stat: tuple, most: int = 0) -> str:
+    """``71.2 ± 1.3`` (n >= 2 seeds), ``71.2`` (one seed: no standard error), ``-`` (no run); `` (n=k)``
+    added when the cell has fewer seeds than ``most`` (the most of its row, given in the Seeds column)."""
     mean, se, n = stat
     if mean is None:
         return "-"
-    return f"{mean:.1f} ± {se:.1f}" if se is not None else f"{mean:.1f}"
+    text = f"{mean:.1f} ± {se:.1f}" if se is not None else f"{mean:.1f}"
+    return text + (f" (n={n})" if n < most else "")
 
 
 def _row_order(row: str) -> tuple:
@@ -441,7 +451,7 @@ def _markdown_table(rows: dict[str, dict], columns: list[str]) -> list[str]:
     for strategy, row in rows.items():
         ns = sorted({row[c][2] for c in columns if row[c][2]})
         seeds = "-" if not ns else (str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}")
-        out.append(f"| {strategy} | " + " | ".join(_cell(row[c]) for c in columns) + f" | {seeds} |")
+        out.append(f"| {strategy} | " + " | ".join(_cell(row[c], ns[-1] if ns else 0) for c in columns) + f" | {seeds} |")
     return out
 
 
@@ -475,8 +485,9 @@ def _stem(dataset: str, index: int, count: int) -> str:
 
 def render(root: str, groups: list[dict], problems: list[tuple[str, str]], n_results: int) -> str:
     lines = [f"# vidlit report: {root}", "", f"{n_results} finished runs. Accuracy in %, mean ± standard error over seeds "
-             "(Avg: per-seed mean over the held-out domains; Seeds: runs per cell). Runs with different settings are "
-             "in different tables.", ""]
+             "as in DomainBed: std (ddof=0) / sqrt(n); one seed: the value alone, no error. Avg: per-seed mean over "
+             "the held-out domains. Seeds: runs per cell (a range when they differ: a cell with fewer than the row's "
+             "most says its own, (n=k)). Runs with different settings are in different tables.", ""]
     for g in groups:
         same = [x for x in groups if x["dataset"] == g["dataset"]]
         k = same.index(g) + 1
