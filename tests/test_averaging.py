@@ -193,7 +193,8 @@ def test_swad_through_fit_reports_and_tests_the_averaged_model(tiny_root, tmp_pa
     assert avg["n_averaged"] == steps[e - 1] - (steps[s - 1] if s > 0 else 0)  # every step of the window
     ckpts = os.path.join(run_dir, "checkpoints")
     averaged_ckpt = torch.load(os.path.join(ckpts, AVERAGED_CHECKPOINT), map_location="cpu", weights_only=True)
-    assert averaged_ckpt["vidlit_run"]["strategy"] == "erm" and "class_names" in str(averaged_ckpt["vidlit"])  # predict/export
+    stamp = averaged_ckpt["vidlit"]  # one stamp (vidlit.run.checkpoint.STAMP_KEY): what predict/export need
+    assert stamp["strategy"] == "erm" and stamp["dataset"] == "folder" and stamp["class_names"] and stamp["vidlit_version"]
     assert "callbacks" not in averaged_ckpt and "optimizer_states" not in averaged_ckpt  # weights only
     averaged = averaged_ckpt["state_dict"]
     last = torch.load(os.path.join(ckpts, "last.ckpt"), map_location="cpu", weights_only=True)
