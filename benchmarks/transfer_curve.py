@@ -165,8 +165,11 @@ def finetune(train: dict, test: dict, pretrained: Optional[str], epochs: int, st
 
 
 def mean_se(values: Sequence[float]) -> tuple[float, float]:
-    v = np.asarray(values, dtype=float)
-    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+    """Mean and standard error (DomainBed's, as ``vidlit report``: std ddof=0 / sqrt(n); 0 for one seed)."""
+    from vidlit.commands.report import mean_se as report_mean_se
+
+    mean, se, _ = report_mean_se(values)
+    return mean / 100, (se or 0.0) / 100
 
 
 def chart(path: str, shots: Sequence[int], rows: dict, pretrain_acc: float) -> None:
