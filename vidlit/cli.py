@@ -22,7 +22,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from vidlit.backbones import BACKBONES
 from vidlit.callbacks import default_callbacks
 from vidlit.data.datamodule import DATAMODULES
-from vidlit.errors import VidlitError, unpickling_reason
+from vidlit.errors import VidlitError, load_torch_file, torch_file_problem
 from vidlit.loggers import WandbOptions
 from vidlit.registry import UnknownNameError
 from vidlit.results import (
@@ -185,7 +185,8 @@ class VidlitCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         """LightningCLI reads the hyperparameters of a ``--ckpt_path`` file (with
-        ``weights_only=True``); a file that is not safe to load is a one-line error."""
+        ``weights_only=True``); a file that is not a checkpoint, or not safe to load, is a one-line
+        error naming it (:func:`load_checkpoint`)."""
         import pickle
 
         if self.checkpoint_run is not None:
@@ -193,12 +194,17 @@ class VidlitCLI(LightningCLI):
             # Lightning would merge the checkpoint's hyperparameters over the user's --model.* flags
             load_checkpoint(self.config[self.config.subcommand].get("ckpt_path"))  # refused in one line if unsafe
             return
+        path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
+        if path and os.path.isfile(str(path)):
+            problem = torch_file_problem(str(path))  # random bytes, a truncated file: said before torch reads it
+            if problem:
+                raise VidlitError(f"--ckpt_path: '{path}' refused: it is not a checkpoint ({problem}); {CKPT_INSTEAD}")
         try:
             super()._parse_ckpt_path()
-        except (pickle.UnpicklingError, EOFError, RuntimeError) as err:
-            path = self.config[self.config.subcommand].get("ckpt_path")
-            raise VidlitError(f"--ckpt_path: checkpoint '{path}' refused (torch.load weights_only=True): "
-                              f"{unpickling_reason(err)}; pass a checkpoint written by vidlit/Lightning") from None
+        except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError, KeyError, IndexError, AttributeError):
+            if path and os.path.isfile(str(path)):
+                load_checkpoint(str(path))  # the one-line reason (an unsafe pickle, a damaged archive)
+            raise
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--strategy", default=self.strategy_name, help=f"DG method: {', '.join(STRATEGIES.names())}")
@@ -467,17 +473,19 @@ def _metric(metrics: dict, key: str) -> Optional[float]:
     return None if value is None else round(float(value), 6)
 
 
-def load_checkpoint(path: str) -> dict:
+#: what ``--ckpt_path`` takes, said when a file is refused
+CKPT_INSTEAD = "pass a checkpoint written by `python -m vidlit fit` (RUN/checkpoints/best-epoch=N.ckpt or RUN/checkpoints/last.ckpt)"
+
+
+def load_checkpoint(path: str, flag: str = "--ckpt_path") -> dict:
     """A Lightning checkpoint, unpickled with ``weights_only=True`` (checkpoints are untrusted input;
-    everything vidlit stores in one is plain data)."""
-    import pickle
-
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-        raise VidlitError(f"--ckpt_path: checkpoint '{path}' refused (torch.load weights_only=True): {unpickling_reason(err)}") from None
+    everything vidlit stores in one is plain data); a file that is not a checkpoint, or not safe
+    to load, is one line naming it and what to pass (:func:`vidlit.errors.load_torch_file`)."""
+    state = load_torch_file(path, flag, CKPT_INSTEAD)
+    if not isinstance(state, dict):
+        raise VidlitError(f"{flag}: '{path}' refused: it is not a checkpoint (it holds a {type(state).__name__}, "
+                          f"not a checkpoint's dict); {CKPT_INSTEAD}")
+    return state
 
 
 def _resolve_ckpt_path(ckpt_path: Optional[str], trainer: Any) -> Optional[str]:

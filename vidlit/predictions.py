@@ -146,13 +146,12 @@ def trained_run_info(path: str) -> dict:
             if res.get("class_names"):
                 return {"class_names": list(res["class_names"]), "source_domains": list(res.get("source_domains") or [])}
     if os.path.isfile(path) and not path.endswith(".json"):
-        try:  # checkpoints are untrusted input: never unpickle arbitrary objects
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as err:  # noqa: BLE001 - torch raises several types for unsafe or broken files
-            from vidlit.errors import unpickling_reason
+        from vidlit.errors import load_torch_file
 
-            raise DataError(f"--data.run {path}: checkpoint refused (torch.load weights_only=True): {unpickling_reason(err)}; "
-                            "pass the classes with --data.classes '[...]'") from None
+        # checkpoints are untrusted input: never unpickle arbitrary objects; a file that is not a
+        # checkpoint, or would import code, is one line naming it
+        ckpt = load_torch_file(path, "--data.run", "pass the run folder or one of its RUN/checkpoints/*.ckpt, or the classes "
+                               "with --data.classes '[...]'", error=DataError, mmap=True)
         info = (ckpt.get(RunInfoCallback.KEY) or {}) if isinstance(ckpt, dict) else {}
         if info.get("class_names"):
             return {"class_names": list(info["class_names"]), "source_domains": list(info.get("source_domains") or [])}
