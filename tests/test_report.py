@@ -247,3 +247,34 @@ def test_averaged_runs_show_the_run_without_averaging_and_the_paired_gain(tmp_pa
     _run(plain, "erm", "a", 0, 0.8, 0.9)
     assert report.main([plain, "--out", str(tmp_path / "rep2")]) == 0
     assert "without weight averaging" not in capsys.readouterr().out
+
+
+def test_the_averaging_gain_leaves_out_runs_whose_two_models_were_tested_differently(tmp_path, capsys):
+    """The paired gain compares like with like: a run whose model without averaging was tested
+    with other views or test-time adaptation than the averaged one (recorded by fit, or a run
+    written before fit recorded it whose averaged model used TTA) gives no gain and no raw cell."""
+    root = str(tmp_path / "sweep")
+    alike = {"test_views": "2x1", "tta": "adabn"}
+    cases = {0: ({"evaluation": alike}, alike),                      # tested alike: counted
+             1: ({"evaluation": alike}, {"test_views": "1x1", "tta": "none"}),  # differ: left out
+             2: ({}, None)}                                          # old run with TTA: left out
+    for seed, (avg, raw_ev) in cases.items():
+        run_dir = _run(root, "erm", "a", seed, 0.80, 0.9)
+        path = os.path.join(run_dir, "results.json")
+        res = json.load(open(path))
+        raw = {"best_epoch": 3, "test_acc": 0.70}
+        if raw_ev is not None:
+            raw["evaluation"] = raw_ev
+        res["average"] = {"method": "swad", **avg, "unaveraged": raw}
+        if seed == 2:
+            res["tta"] = {"method": "adabn"}
+        json.dump(res, open(path, "w"))
+    assert report.main([root, "--out", str(tmp_path / "rep")]) == 0
+    text = capsys.readouterr().out
+
+    def rows(title):
+        part = text.split(f"### {title}")[1].split("###")[0]
+        return [ln for ln in part.splitlines() if ln.startswith("| erm")]
+
+    assert rows("Gain from weight averaging") == ["| erm | 10.0 | 10.0 | 1 |"]  # seed 0 alone
+    assert rows("The same runs without weight averaging") == ["| erm | 70.0 | 70.0 | 1 |"]

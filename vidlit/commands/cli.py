@@ -29,9 +29,11 @@ from vidlit.commands.args import resolve_selection, with_checkpoint_settings
 from vidlit.data.datamodule import DATAMODULES
 from vidlit.models.strategy import STRATEGIES
 from vidlit.run.checkpoint import (
+    CKPT_INSTEAD,
     best_from_state,
     callback_state,
     load_checkpoint,
+    torch_file_problem,
     training_finished,
 )
 from vidlit.run.files import RESULTS_FILE
@@ -48,7 +50,7 @@ from vidlit.run.results import (
     write_results,
 )
 from vidlit.run.rundir import RUN_DIR_ENV, check_writable, resolve_run_dir
-from vidlit.utils.errors import VidlitError, unpickling_reason
+from vidlit.utils.errors import VidlitError
 
 
 class RunConfigCallback(SaveConfigCallback):
@@ -176,7 +178,8 @@ class VidlitCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         """LightningCLI reads the hyperparameters of a ``--ckpt_path`` file (with
-        ``weights_only=True``); a file that is not safe to load is a one-line error."""
+        ``weights_only=True``); a file that is not a checkpoint, or not safe to load, is a one-line
+        error naming it (:func:`load_checkpoint`)."""
         import pickle
 
         if self.checkpoint_run is not None:
@@ -184,12 +187,17 @@ class VidlitCLI(LightningCLI):
             # Lightning would merge the checkpoint's hyperparameters over the user's --model.* flags
             load_checkpoint(self.config[self.config.subcommand].get("ckpt_path"))  # refused in one line if unsafe
             return
+        path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
+        if path and os.path.isfile(str(path)):
+            problem = torch_file_problem(str(path))  # random bytes, a truncated file: said before torch reads it
+            if problem:
+                raise VidlitError(f"--ckpt_path: '{path}' refused: it is not a checkpoint ({problem}); {CKPT_INSTEAD}")
         try:
             super()._parse_ckpt_path()
-        except (pickle.UnpicklingError, EOFError, RuntimeError) as err:
-            path = self.config[self.config.subcommand].get("ckpt_path")
-            raise VidlitError(f"--ckpt_path: checkpoint '{path}' refused (torch.load weights_only=True): "
-                              f"{unpickling_reason(err)}; pass a checkpoint written by vidlit/Lightning") from None
+        except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError, KeyError, IndexError, AttributeError):
+            if path and os.path.isfile(str(path)):
+                load_checkpoint(str(path))  # the one-line reason (an unsafe pickle, a damaged archive)
+            raise
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--strategy", default=self.strategy_name, help=f"DG method: {', '.join(STRATEGIES.names())}")

@@ -359,10 +359,23 @@ def select(runs: list[dict]) -> dict[tuple, dict]:
         oracles = [r["oracle_test_acc"] for r in cands if r.get("oracle_test_acc") is not None]
         raw = unaveraged(best)
         raw_test = raw["test_acc"] if raw is not None else None
+        alike = raw is not None and _tested_alike(best, raw)
         chosen[key] = {"test": best["test_acc"], "val": best.get("val_acc"), "oracle": max(oracles) if oracles else None,
-                       "dir": best["_dir"], "draws": len(cands), "fg": _foreground(best), "raw": raw_test,
-                       "gain": None if raw_test is None or best["test_acc"] is None else best["test_acc"] - raw_test}
+                       "dir": best["_dir"], "draws": len(cands), "fg": _foreground(best), "raw": raw_test if alike else None,
+                       "gain": None if not alike or raw_test is None or best["test_acc"] is None else best["test_acc"] - raw_test}
     return chosen
+
+
+def _tested_alike(res: dict, raw: dict) -> bool:
+    """Whether an averaged run's model and the same run without averaging were tested alike (the
+    same ``--data.test_views`` and ``--tta.*``), so that their difference is the effect of
+    averaging. Runs written before ``fit`` recorded both evaluations: the side without averaging
+    came from the history (one view, no adaptation), alike only when the test was plain too."""
+    ev_avg, ev_raw = (res.get("average") or {}).get("evaluation"), raw.get("evaluation")
+    if ev_avg and ev_raw:
+        return ev_avg == ev_raw
+    views = str((res.get("_settings") or {}).get("data.test_views") or "1").lower()
+    return not (res.get("tta") or {}).get("method") and views in ("1", "1x1", "none", "null")
 
 
 def _foreground(res: dict) -> Optional[float]:
@@ -440,7 +453,8 @@ TITLES = {
     "in vs out of domain": "In-domain vs out-of-domain accuracy (training-domain validation)",
     "without averaging": "The same runs without weight averaging: the epoch-selected checkpoint of each averaged run "
                          "(averaging leaves the training trajectory unchanged; accuracy on the held-out domain at that epoch)",
-    "averaging gain": "Gain from weight averaging (points): averaged minus epoch-selected model, paired per run",
+    "averaging gain": "Gain from weight averaging (points): averaged minus epoch-selected model, paired per run "
+                      "(only runs whose two models were tested alike: the same test views and test-time adaptation)",
     "foreground share": "Foreground share (%): Grad-CAM mass inside the moving object's mask on the held-out domain "
                         "(training-domain validation checkpoint; low = the model looks at the background; vidlit.saliency)",
 }

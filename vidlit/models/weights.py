@@ -32,7 +32,8 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
-from vidlit.utils.errors import VidlitError, unpickling_reason
+from vidlit.run.checkpoint import load_torch_file
+from vidlit.utils.errors import VidlitError
 
 #: values of ``--model.pretrained`` that mean "the backbone's published weights"
 DEFAULT_NAMES = ("default", "true")
@@ -187,28 +188,21 @@ def resolve(pretrained: str, what: str, url: Optional[str]) -> str:
 
 # --------------------------------------------------------------------------- reading files
 _LAST: dict[str, Any] = {}
+#: what ``--model.pretrained`` takes, said when a file is refused
+PRETRAINED_INSTEAD = (f"pass a weights file written by torch.save (a state dict, .pth/.pt) or a vidlit checkpoint "
+                      f"(RUN/checkpoints/*.ckpt), a URL, 'default' or '{INFLATED}'")
 
 
 def read_file(path: str) -> Any:
     """``torch.load(path, weights_only=True)`` with one-line errors (the last file is memoised:
     build_backbone peeks at it before the builder loads it)."""
-    import pickle
-
     st = os.stat(path)
     key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
     if _LAST.get("key") == key:
         return _LAST["obj"]
-    try:
-        # weights files are untrusted input: never unpickle arbitrary objects (that can run code)
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise PretrainedWeightsError(
-            f"--model.pretrained: weights file '{path}' refused (torch.load weights_only=True): {unpickling_reason(err)}; "
-            "pass a plain state dict (convert the file with a tool you trust)"
-        ) from None
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PretrainedWeightsError(f"could not read weights file '{path}': {first}") from None
+    # weights files are untrusted input: never unpickle arbitrary objects (that can run code); a
+    # file torch.save did not write, or one that would import code, is one line naming it
+    obj = load_torch_file(path, "--model.pretrained", PRETRAINED_INSTEAD, error=PretrainedWeightsError)
     _LAST.clear()
     _LAST.update(key=key, obj=obj)
     return obj

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import yaml
 
 from vidlit.run.rundir import checkpoint_run_dir
-from vidlit.utils.errors import VidlitError, unpickling_reason
+from vidlit.utils.errors import VidlitError, unpickling_reason, unsafe_global
 
 
 #: the key of vidlit's metadata in every checkpoint (strategy, dataset, class names, domains, version)
@@ -57,15 +57,10 @@ def trained_run_info(path: str) -> dict:
             if res.get("class_names"):
                 return {"class_names": list(res["class_names"]), "source_domains": list(res.get("source_domains") or [])}
     if os.path.isfile(path) and not path.endswith(".json"):
-        try:  # checkpoints are untrusted input: never unpickle arbitrary objects
-            import torch
-
-            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as err:  # noqa: BLE001 - torch raises several types for unsafe or broken files
-            from vidlit.utils.errors import unpickling_reason
-
-            raise DataError(f"--data.run {path}: checkpoint refused (torch.load weights_only=True): {unpickling_reason(err)}; "
-                            "pass the classes with --data.classes '[...]'") from None
+        # checkpoints are untrusted input: never unpickle arbitrary objects; a file that is not a
+        # checkpoint, or would import code, is one line naming it
+        ckpt = load_torch_file(path, "--data.run", "pass the run folder or one of its RUN/checkpoints/*.ckpt, or the classes "
+                               "with --data.classes '[...]'", error=DataError, mmap=True)
         info = read_stamp(ckpt)
         if info.get("class_names"):
             return {"class_names": list(info["class_names"]), "source_domains": list(info.get("source_domains") or [])}
@@ -83,19 +78,86 @@ def fill_run_from_ckpt(config: Any) -> None:
         data["run"] = str(ckpt)
 
 
-def load_checkpoint(path: str) -> dict:
-    """A Lightning checkpoint, unpickled with ``weights_only=True`` (checkpoints are untrusted input;
-    everything vidlit stores in one is plain data)."""
+#: what every file ``torch.save`` writes starts with: a zip archive (the default since torch 1.6),
+#: or, in the legacy format, a pickle of torch's magic number (these are its bytes)
+_ZIP_HEADER = b"PK\x03\x04"
+_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+def torch_file_problem(path: str) -> Optional[str]:
+    """Why ``path`` is not a file written by ``torch.save`` (read from its first bytes and, for a
+    zip archive, its directory at the end; nothing is unpickled), or None when it looks like one."""
+    import zipfile
+
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    if not head:
+        return "the file is empty"
+    if head.startswith(_ZIP_HEADER):
+        if not zipfile.is_zipfile(path):
+            return "a zip archive, as torch.save writes, but truncated or damaged"
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return "a zip archive, as torch.save writes, but damaged"
+        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+            return "a TorchScript model (what `python -m vidlit export` writes), not a checkpoint"
+        if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
+            return "a zip archive without the data.pkl that torch.save writes"
+        return None
+    if head.startswith(b"\x80") and _LEGACY_MAGIC in head[:32]:
+        return None  # torch.save's legacy (non-zip) format
+    return "it is neither the zip archive nor the legacy format that torch.save writes"
+
+
+def load_torch_file(path: str, flag: str, instead: str, error: type = VidlitError, mmap: bool = False) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` (files are untrusted input: no
+    arbitrary unpickling) with one-line errors of class ``error``, each naming ``flag``, the file and
+    ``instead`` (what to pass): a file that ``torch.save`` did not write (random bytes, a truncated
+    archive, another format) is "not a checkpoint"; a pickle that would import code is refused.
+    Never advises loading with ``weights_only=False``. ``mmap``: map a zip archive's tensors."""
     import pickle
+    import warnings
 
     import torch
 
     try:
-        import torch
+        problem = torch_file_problem(path)
+    except OSError as err:
+        raise error(f"{flag}: cannot read '{path}' ({err.strerror or err}); {instead}") from None
+    if problem:
+        raise error(f"{flag}: '{path}' refused: it is not a checkpoint ({problem}); {instead}") from None
+    try:
+        with warnings.catch_warnings():  # the weights-only unpickler warns about odd pickle protocols
+            warnings.simplefilter("ignore")
+            with open(path, "rb") as fh:
+                zipped = fh.read(4) == _ZIP_HEADER
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
+    except pickle.UnpicklingError as err:
+        if unsafe_global(err):
+            raise error(f"{flag}: '{path}' refused (read with torch.load weights_only=True, which imports nothing): "
+                        f"{unpickling_reason(err)}; {instead}") from None
+        raise error(f"{flag}: '{path}' refused: it is not a checkpoint (damaged: {unpickling_reason(err)}); {instead}") from None
+    except MemoryError:
+        raise error(f"{flag}: '{path}' refused: it is not a checkpoint (damaged: it claims more memory than there is); {instead}") from None
+    except Exception as err:  # noqa: BLE001 - torch raises many types on damaged files (RuntimeError, EOFError, KeyError, ...)
+        raise error(f"{flag}: '{path}' refused: it is not a checkpoint (damaged: {unpickling_reason(err)}); {instead}") from None
 
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
-        raise VidlitError(f"--ckpt_path: checkpoint '{path}' refused (torch.load weights_only=True): {unpickling_reason(err)}") from None
+
+#: what ``--ckpt_path`` takes, said when a file is refused
+CKPT_INSTEAD = "pass a checkpoint written by `python -m vidlit fit` (RUN/checkpoints/best-epoch=N.ckpt or RUN/checkpoints/last.ckpt)"
+
+
+def load_checkpoint(path: str, flag: str = "--ckpt_path") -> dict:
+    """A Lightning checkpoint, unpickled with ``weights_only=True`` (checkpoints are untrusted input;
+    everything vidlit stores in one is plain data); a file that is not a checkpoint, or not safe
+    to load, is one line naming it and what to pass (:func:`load_torch_file`)."""
+    state = load_torch_file(path, flag, CKPT_INSTEAD)
+    if not isinstance(state, dict):
+        raise VidlitError(f"{flag}: '{path}' refused: it is not a checkpoint (it holds a {type(state).__name__}, "
+                          f"not a checkpoint's dict); {CKPT_INSTEAD}")
+    return state
 
 
 def training_finished(state: dict, trainer: Any) -> bool:
