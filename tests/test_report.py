@@ -43,6 +43,12 @@ def _run(root, strategy, target, seed, test, val, *, epochs=12, backbone="tiny3d
     return run_dir
 
 
+def _erm_rows(text: str, title: str) -> list[str]:
+    """The erm rows of the report's table ``### <title>``."""
+    part = text.split(f"### {title}")[1].split("###")[0]
+    return [ln for ln in part.splitlines() if ln.startswith("| erm")]
+
+
 def _table_rows(text: str) -> dict[str, list[str]]:
     """heading of each '## Dataset' section -> its training-domain validation rows."""
     out = {}
@@ -234,14 +240,10 @@ def test_averaged_runs_show_the_run_without_averaging_and_the_paired_gain(tmp_pa
     assert report.main([root, "--out", str(tmp_path / "rep")]) == 0
     text = capsys.readouterr().out
 
-    def rows(title):
-        part = text.split(f"### {title}")[1].split("###")[0]
-        return [ln for ln in part.splitlines() if ln.startswith("| erm")]
-
     # 80, 70: SE 5 / sqrt(2) = 3.54; 75, 72: 1.5 / sqrt(2) = 1.06; gains 5, -2: 3.5 / sqrt(2) = 2.47
-    assert rows("Model selection: training-domain validation") == ["| erm | 75.0 ± 3.5 | 75.0 ± 3.5 | 2 |"]
-    assert rows("The same runs without weight averaging") == ["| erm | 73.5 ± 1.1 | 73.5 ± 1.1 | 2 |"]
-    assert rows("Gain from weight averaging") == ["| erm | 1.5 ± 2.5 | 1.5 ± 2.5 | 2 |"]
+    assert _erm_rows(text, "Model selection: training-domain validation") == ["| erm | 75.0 ± 3.5 | 75.0 ± 3.5 | 2 |"]
+    assert _erm_rows(text, "The same runs without weight averaging") == ["| erm | 73.5 ± 1.1 | 73.5 ± 1.1 | 2 |"]
+    assert _erm_rows(text, "Gain from weight averaging") == ["| erm | 1.5 ± 2.5 | 1.5 ± 2.5 | 2 |"]
     # without averaged runs neither table is there
     plain = str(tmp_path / "plain")
     _run(plain, "erm", "a", 0, 0.8, 0.9)
@@ -272,9 +274,5 @@ def test_the_averaging_gain_leaves_out_runs_whose_two_models_were_tested_differe
     assert report.main([root, "--out", str(tmp_path / "rep")]) == 0
     text = capsys.readouterr().out
 
-    def rows(title):
-        part = text.split(f"### {title}")[1].split("###")[0]
-        return [ln for ln in part.splitlines() if ln.startswith("| erm")]
-
-    assert rows("Gain from weight averaging") == ["| erm | 10.0 | 10.0 | 1 |"]  # seed 0 alone
-    assert rows("The same runs without weight averaging") == ["| erm | 70.0 | 70.0 | 1 |"]
+    assert _erm_rows(text, "Gain from weight averaging") == ["| erm | 10.0 | 10.0 | 1 |"]  # seed 0 alone
+    assert _erm_rows(text, "The same runs without weight averaging") == ["| erm | 70.0 | 70.0 | 1 |"]
