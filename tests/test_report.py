@@ -2,6 +2,7 @@
 together; selection across hyperparameter draws (ties broken by validation loss); the chart."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 
@@ -41,6 +42,17 @@ def _run(root, strategy, target, seed, test, val, *, epochs=12, backbone="tiny3d
             json.dump({"strategy": strategy, "dataset": "folder", "target": target, "seed": seed, "hparams_draw": draw,
                        "hparams": hparams or {}, "status": "done"}, fh)
     return run_dir
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """Run every test in its own folder: report's default --out is reports/<name of DIR> under it."""
+    monkeypatch.chdir(tmp_path)
+
+
+def _written(root: str) -> str:
+    """The report.md that ``report ROOT`` wrote to its default --out (reports/<name of ROOT>)."""
+    return open(os.path.join("reports", os.path.basename(root), "report.md")).read()
 
 
 def _erm_rows(text: str, title: str) -> list[str]:
@@ -89,7 +101,7 @@ def test_draws_with_different_epochs_are_not_selected_together(tmp_path):
     _run(root, "erm", "A", 0, 0.60, 0.99, epochs=2, draw=1, hparams={"model.lr": 0.005})
     _run(root, "erm", "A", 0, 0.20, 0.60, epochs=12, draw=2, hparams={"model.lr": 0.0004})
     assert report.main([root]) == 0
-    text = open(os.path.join(root, "report.md")).read()
+    text = _written(root)
     tables = _table_rows(text)
     # one seed: the value alone (no standard error, never "± 0.0"), n = 1 in the Seeds column
     assert tables["Dataset `folder` (1 of 2): trainer.max_epochs=2"] == ["| erm | 60.0 | 60.0 | 1 |"]
@@ -104,7 +116,7 @@ def test_strategy_options_outside_the_search_make_separate_rows(tmp_path):
     _run(root, "dann", "A", 0, 0.6, 0.8, model={"lambda_max": 1.0}, folder=os.path.join(root, "d1"))
     _run(root, "dann", "A", 0, 0.7, 0.8, model={"lambda_max": 0.1}, folder=os.path.join(root, "d2"))
     assert report.main([root]) == 0
-    rows = list(_table_rows(open(os.path.join(root, "report.md")).read()).values())
+    rows = list(_table_rows(_written(root)).values())
     assert rows == [["| erm | 50.0 | 50.0 | 1 |", "| dann (lambda_max=0.1) | 70.0 | 70.0 | 1 |", "| dann (lambda_max=1.0) | 60.0 | 60.0 | 1 |"]]
 
 
@@ -140,7 +152,7 @@ def test_ties_in_val_acc_are_broken_by_lower_val_loss(tmp_path):
     _run(root, "erm", "A", 1, 0.35, 1.0, draw=0)
     _run(root, "erm", "A", 1, 0.65, 1.0, draw=1, hparams={"model.lr": 0.005})
     assert report.main([root]) == 0
-    rows = list(_table_rows(open(os.path.join(root, "report.md")).read()).values())
+    rows = list(_table_rows(_written(root)).values())
     assert rows == [["| erm | 55.0 ± 14.1 | 55.0 ± 14.1 | 2 |"]]  # 75 (draw 2) and 35 (draw 0): std 20, SE 20 / sqrt(2)
 
 
@@ -183,7 +195,7 @@ def test_strategies_at_their_own_defaults_share_a_table(tmp_path):
     _run(root, "dann", "A", 0, 0.6, 0.8, model=own)
     _run(root, "erm", "A", 0, 0.4, 0.8, model={"lr": 0.01}, folder=os.path.join(root, "lr"))
     assert report.main([root]) == 0
-    tables = _table_rows(open(os.path.join(root, "report.md")).read())
+    tables = _table_rows(_written(root))
     assert tables == {
         "Dataset `folder` (1 of 2): model.lr=default": ["| erm | 50.0 | 50.0 | 1 |", "| dann | 60.0 | 60.0 | 1 |"],
         "Dataset `folder` (2 of 2): model.lr=0.01": ["| erm | 40.0 | 40.0 | 1 |"],
@@ -210,7 +222,7 @@ def test_wandb_agent_draws_are_selected_within_their_sweep_only(tmp_path, monkey
     agent_run("erm-folder-1", "sw1", 0.002, 0.40, 0.80)
     agent_run("erm-folder-2", "sw1", 0.005, 0.70, 0.95)  # the best val of sweep sw1
     assert report.main([root]) == 0
-    assert list(_table_rows(open(os.path.join(root, "report.md")).read()).values()) == [["| erm | 70.0 | 70.0 | 1 |"]]
+    assert list(_table_rows(_written(root)).values()) == [["| erm | 70.0 | 70.0 | 1 |"]]
     # a draw of another W&B sweep at the same grid point is not a draw of sw1: refused, not selected
     agent_run("erm-folder-3", "sw2", 0.001, 0.90, 0.99)
     assert report.main([root]) == 2
@@ -276,3 +288,86 @@ def test_the_averaging_gain_leaves_out_runs_whose_two_models_were_tested_differe
 
     assert _erm_rows(text, "Gain from weight averaging") == ["| erm | 10.0 | 10.0 | 1 |"]  # seed 0 alone
     assert _erm_rows(text, "The same runs without weight averaging") == ["| erm | 70.0 | 70.0 | 1 |"]
+
+
+def _comparison_rows(text: str, reference: str = "erm") -> list[str]:
+    """The rows of the report's table ``### Paired difference vs <reference>...``."""
+    part = text.split(f"### Paired difference vs {reference}:")[1].split("###")[0]
+    return [ln for ln in part.splitlines() if ln.startswith("| ") and not ln.startswith("| Strategy")]
+
+
+def _comparison_grid(root: str) -> None:
+    erm = {("A", 0): 0.50, ("A", 1): 0.60, ("A", 2): 0.70, ("B", 0): 0.40, ("B", 1): 0.50, ("B", 2): 0.60}
+    dann = {("A", 0): 0.60, ("A", 1): 0.72, ("A", 2): 0.78, ("B", 0): 0.50, ("B", 1): 0.59, ("B", 2): 0.71}
+    coral = {("A", 0): 0.55, ("A", 1): 0.55, ("A", 2): 0.72}  # no B runs: paired on A only
+    for name, grid in (("erm", erm), ("dann", dann), ("coral", coral)):
+        for (target, seed), test in grid.items():
+            _run(root, name, target, seed, test, 0.9)
+    _run(root, "mixup", "B", 0, 0.45, 0.9)  # one pair with erm
+    _run(root, "mixup", "C", 0, 0.45, 0.9)  # erm has no C: not a pair
+
+
+def test_paired_difference_vs_erm_with_standard_error_interval_and_verdict(tmp_path, capsys):
+    root = str(tmp_path / "runs")
+    _comparison_grid(root)
+    assert report.main([root]) == 0
+    text = capsys.readouterr().out
+    assert "### Paired difference vs erm: each strategy's accuracy minus erm's on the same held-out domain and seed" in text
+    assert _comparison_rows(text) == [
+        # coral - erm on A, seeds 0 1 2: +5, -5, +2 -> mean 0.667; std (ddof=0) sqrt((4.333^2 + 5.667^2 + 1.333^2) / 3)
+        # = 4.190, SE 4.190 / sqrt(3) = 2.419; 95%: 0.667 -+ 1.96 x 2.419 = [-4.07, +5.41], contains 0
+        "| coral | +0.7 ± 2.4 | [-4.1, +5.4] | 3 | within noise |",
+        # dann - erm on A and B, seeds 0 1 2: +10 +12 +8 +10 +9 +11 -> mean 10; std sqrt(10 / 6) = 1.291,
+        # SE 1.291 / sqrt(6) = 0.527; 95%: [8.97, 11.03], above 0
+        "| dann | +10.0 ± 0.5 | [+9.0, +11.0] | 6 | better |",
+        # mixup - erm: B seed 0 only (erm has no C): +5, one pair: the value alone, no interval
+        "| mixup | +5.0 | - | 1 | too few pairs |",
+    ]
+    with open(tmp_path / "reports" / "runs" / "report_folder.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["table"] == "paired difference vs erm"]
+    assert [(r["strategy"], r["mean_pct"], r["se_pct"], r["n_seeds"], r["ci95_low_pct"], r["ci95_high_pct"], r["verdict"])
+            for r in rows] == [("coral", "0.6667", "2.4191", "3", "-4.0747", "5.408", "within noise"),
+                               ("dann", "10.0", "0.527", "6", "8.967", "11.033", "better"),
+                               ("mixup", "5.0", "", "1", "", "", "too few pairs")]
+
+
+def test_reference_flag_chooses_what_the_others_are_compared_with(tmp_path, capsys):
+    root = str(tmp_path / "runs")
+    _comparison_grid(root)
+    assert report.main([root, "--reference", "dann"]) == 0
+    text = capsys.readouterr().out
+    assert "### Paired difference vs dann:" in text and "Paired difference vs erm" not in text
+    assert _comparison_rows(text, "dann") == [
+        # erm - dann: -10 +- 0.527 (the mirror of dann - erm)
+        "| erm | -10.0 ± 0.5 | [-11.0, -9.0] | 6 | worse |",
+        # coral - dann on A: -5, -17, -6 -> mean -9.333; std sqrt((4.333^2 + 7.667^2 + 3.333^2) / 3) = 5.437,
+        # SE 3.139; 95%: [-15.49, -3.18]
+        "| coral | -9.3 ± 3.1 | [-15.5, -3.2] | 3 | worse |",
+        "| mixup | -5.0 | - | 1 | too few pairs |",  # B seed 0: 45 - 50
+    ]
+    # a reference without runs is one line naming the rows there are
+    assert report.main([root, "--reference", "fish"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--reference fish" in err[0] and "erm, coral, dann, mixup" in err[0]
+    # without the default reference (erm), the table says so instead of comparing
+    only = str(tmp_path / "no_erm")
+    _run(only, "dann", "A", 0, 0.6, 0.9)
+    _run(only, "coral", "A", 0, 0.5, 0.9)
+    assert report.main([only]) == 0
+    text = capsys.readouterr().out
+    assert "Paired difference" not in text and "No paired comparison in this table: no `erm` runs" in text
+
+
+def test_default_out_is_outside_the_scanned_folder_and_printed(tmp_path, capsys):
+    root = tmp_path / "sweeps" / "ucf-hmdb"
+    _run(str(root), "erm", "A", 0, 0.5, 0.9)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert report.main([str(root)]) == 0  # cwd: tmp_path (the autouse fixture)
+    out = tmp_path / "reports" / "ucf-hmdb"
+    assert sorted(os.listdir(out)) == ["report.md", "report_folder.csv", "report_folder.png"]
+    after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if not str(p).startswith(str(tmp_path / "reports")))
+    assert after == before  # nothing written into the folder of runs
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"wrote {os.path.join('reports', 'ucf-hmdb', 'report.md')}, report_folder.csv, report_folder.png (in {out})"
+    # a trailing slash or "." in DIR names the same folder
+    assert report.main([str(root) + os.sep]) == 0 and "(in " + str(out) + ")" in capsys.readouterr().out

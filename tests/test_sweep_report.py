@@ -14,6 +14,13 @@ from tests.helpers import TINY_FLAGS, run_vidlit
 from vidlit.commands import report, sweep
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """Run every test in its own folder: report's default --out (and sweep's closing report) is
+    reports/<name of DIR> under it."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _tiny(root: str) -> list[str]:
     flags = list(TINY_FLAGS)
     flags[flags.index("--trainer.max_epochs") + 1] = "1"
@@ -27,6 +34,9 @@ def test_sweep_runs_grid_then_skips_finished_and_resumes_broken(tiny_root, tmp_p
     proc = run_vidlit(*args, env={"WANDB_MODE": "disabled"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[2/2]" in proc.stdout
+    # the closing table: report's tables of the sweep's folder, written to report's default folder
+    assert "### Model selection: training-domain validation" in proc.stdout and "| erm |" in proc.stdout
+    assert os.path.isfile(tmp_path / "reports" / "sweep" / "report.md")
     first = {}
     for target in ("clean", "texture"):
         run_dir = os.path.join(out, "folder", "erm", f"target={target}", "seed=5")
@@ -51,8 +61,8 @@ def test_sweep_runs_grid_then_skips_finished_and_resumes_broken(tiny_root, tmp_p
     assert resumed["test_acc"] == first["clean"]["test_acc"] and resumed["history"] == first["clean"]["history"]
 
     # the report reads the sweep's folder
-    assert report.main([out]) == 0
-    with open(os.path.join(out, "report.md")) as fh:
+    assert report.main([out, "--out", str(tmp_path / "rep")]) == 0
+    with open(tmp_path / "rep" / "report.md") as fh:
         text = fh.read()
     assert "| erm |" in text and "clean" in text and "texture" in text
 
@@ -72,8 +82,33 @@ def test_dry_run_plans_every_domain_with_passthrough_flags(tiny_root, tmp_path, 
 
 
 def test_sweep_rejects_flags_it_sets(capsys):
-    assert sweep.main(["--targets", "a", "--seed_everything", "3"]) == 2
-    assert "--seeds" in capsys.readouterr().err
+    for flags in (["--data.target_domains", '["a"]'], ["--ckpt_path", "last"], ["--strategy", "erm"]):
+        assert sweep.main(["--targets", "a", *flags]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and flags[0] in err[0] and "--targets" in err[0]
+
+
+def _planned(argv: list[str], capsys) -> list[list[str]]:
+    assert sweep.main(["--dry_run", "--strategies", "erm", "--targets", "clean", *argv]) == 0
+    return [shlex.split(line) for line in capsys.readouterr().out.splitlines() if line.startswith("        ")]
+
+
+def test_sweep_takes_fits_names_for_the_seed_and_the_folder(tmp_path, capsys):
+    """--seed_everything N is --seeds N and --trainer.default_root_dir DIR is --out DIR, as in fit."""
+    out = str(tmp_path / "s")
+    fit_names = _planned(["--seed_everything", "7", "--trainer.default_root_dir", out], capsys)
+    assert fit_names == _planned(["--seeds", "7", "--out", out], capsys)
+    assert fit_names == _planned(["--seed_everything=7", f"--trainer.default_root_dir={out}"], capsys)
+    (cmd,) = fit_names
+    assert cmd[cmd.index("--seed_everything") + 1] == "7"
+    assert cmd[cmd.index("--trainer.default_root_dir") + 1] == os.path.join(out, "folder", "erm", "target=clean", "seed=7")
+    # both names of one thing, or a seed that is not one integer: one line
+    for argv, says in ((["--seeds", "1", "--seed_everything", "2"], "--seed_everything N is the same as --seeds N"),
+                       (["--out", out, "--trainer.default_root_dir", out], "--trainer.default_root_dir DIR is the same as --out DIR"),
+                       (["--seed_everything", "x"], "--seed_everything x: expected one integer")):
+        assert sweep.main(["--dry_run", "--targets", "clean", *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("vidlit sweep: error: ") and says in err[0], err
 
 
 def test_hparam_draws_are_stable_and_independent():
@@ -232,3 +267,38 @@ def test_execute_records_failures_and_successes(tmp_path, capsys):
     assert json.load(open(os.path.join(ok.run_dir, "sweep.json")))["status"] == "done"
     assert json.load(open(os.path.join(bad.run_dir, "sweep.json")))["status"] == "failed (exit 3)"
     assert "boom" in open(os.path.join(bad.run_dir, "sweep.log")).read()
+
+
+def test_sweep_prints_the_report_of_its_runs_at_the_end_even_when_one_fails(tmp_path, capsys, monkeypatch):
+    import sys
+
+    tests = {("erm", "A", 0): 0.50, ("erm", "A", 1): 0.60, ("erm", "B", 0): 0.40, ("erm", "B", 1): 0.50,
+             ("dann", "A", 0): 0.60, ("dann", "A", 1): 0.72, ("dann", "B", 0): 0.50}  # dann B seed 1 fails
+
+    def fake_fit(run, passthrough, sweep_name):  # what fit writes, without training
+        acc = tests.get((run.strategy, run.target, run.seed))
+        if acc is None:
+            return [sys.executable, "-c", "import sys; sys.exit(1)"]
+        res = {"dataset": run.dataset, "strategy": run.strategy, "seed": run.seed, "target_domains": [run.target],
+               "source_domains": ["x"], "test_acc": acc, "val_acc": 0.9, "oracle_test_acc": acc}
+        return [sys.executable, "-c", f"import json; json.dump({res!r}, open({os.path.join(run.run_dir, 'results.json')!r}, 'w'))"]
+
+    monkeypatch.setattr(sweep, "fit_command", fake_fit)
+    out = str(tmp_path / "sw")
+    assert sweep.main(["--strategies", "erm", "dann", "--targets", "A", "B", "--seeds", "0", "1", "--parallel", "4",
+                       "--out", out]) == 1  # one run failed
+    text = capsys.readouterr().out
+    assert "failed dann target=B seed=1 (exit 1)" in text
+    # the finished runs' table: erm A 50, 60 -> 55 +- 5 / sqrt(2); B 40, 50; Avg per seed 45, 55
+    # dann A 60, 72 -> 66 +- 6 / sqrt(2); B seed 0 only; Avg seed 0 only: (60 + 50) / 2
+    tdv = text.split("### Model selection: training-domain validation")[1].split("###")[0]
+    assert [ln for ln in tdv.splitlines() if ln.startswith("| ") and not ln.startswith("| Strategy")] == [
+        "| erm | 55.0 ± 3.5 | 45.0 ± 3.5 | 50.0 ± 3.5 | 2 |",
+        "| dann | 66.0 ± 4.2 | 50.0 (n=1) | 55.0 (n=1) | 1-2 |",
+    ]
+    # dann - erm over the 3 pairs both have: +10, +12, +10 -> 10.667; std sqrt((0.667^2 x 2 + 1.333^2) / 3) = 0.943,
+    # SE 0.544; 95%: [9.60, 11.73]
+    paired = text.split("### Paired difference vs erm:")[1].split("###")[0]
+    assert "| dann | +10.7 ± 0.5 | [+9.6, +11.7] | 3 | better |" in paired
+    assert f"`{os.path.join(out, 'folder', 'dann', 'target=B', 'seed=1')}`: no results.json (failed (exit 1))" in text
+    assert os.path.isfile(tmp_path / "reports" / "sw" / "report.md")

@@ -25,9 +25,18 @@ value alone, with no standard error (never ``± 0.0``). The cells are for
   epoch-selected checkpoint, :func:`vidlit.run.results.unaveraged`) and the paired gain from averaging.
 
 Avg is computed per seed (mean over the held-out domains, for seeds that have all of them), then
-mean +- SE over those seeds. Run folders without a usable ``results.json`` (failed, killed or still
-running) are listed at the end, never silently dropped. Writes ``report.md`` (also printed),
-``report_<dataset>[-<k>].csv`` and ``report_<dataset>[-<k>].png`` (bar chart) per group.
+mean +- SE over those seeds.
+
+Per group, every strategy is also compared with a reference (``--reference``, default erm), paired:
+its training-domain-validation test accuracy minus the reference's, over the (held-out domain,
+seed) pairs both have; mean +- SE (:func:`mean_se`) over the pairs, a normal 95% interval (mean +-
+1.96 SE), n, and a verdict (:func:`verdict`): ``better``/``worse`` when the interval excludes 0,
+``within noise`` when it contains it, ``too few pairs`` for n < 2.
+
+Run folders without a usable ``results.json`` (failed, killed or still running) are listed at the
+end, never silently dropped. Writes ``report.md`` (also printed), ``report_<dataset>[-<k>].csv`` and
+``report_<dataset>[-<k>].png`` (bar chart) per group into ``--out``, by default
+``reports/<name of DIR>`` under the current folder (:func:`default_out`), never into the folder of runs.
 """
 from __future__ import annotations
 
@@ -58,6 +67,8 @@ IGNORED = {
 IGNORED_PREFIXES = ("wandb.", "saliency.")  # saliency: a diagnostic after testing, not what is trained
 #: shown in every table's "Settings" line (when present)
 SUMMARY_KEYS = ("model.backbone", "trainer.max_epochs", "data.size", "data.num_frames", "data.frame_stride", "data.num_clips", "data.root")
+DEFAULT_REFERENCE = "erm"  #: the strategy the paired comparison subtracts (--reference)
+REPORTS_DIR = "reports"  #: default --out: reports/<name of DIR> under the current folder
 ALIASES = {"backbone": "model.backbone", "epochs": "trainer.max_epochs", "max_epochs": "trainer.max_epochs"}
 
 
@@ -447,6 +458,60 @@ def group_tables(chosen: dict[tuple, dict]) -> dict[str, Any]:
     return {"targets": targets, "strategies": strategies, "tables": tables}
 
 
+Z95 = 1.96  #: a normal 95% interval: mean +- 1.96 standard errors
+
+
+def verdict(mean: Optional[float], se: Optional[float], n: int) -> str:
+    """``better`` / ``worse`` when the 95% interval excludes 0, ``within noise`` when it contains
+    it, ``too few pairs`` for n < 2 (no spread to judge by)."""
+    if n < 2 or mean is None or se is None:
+        return "too few pairs"
+    lo, hi = mean - Z95 * se, mean + Z95 * se
+    if lo <= 0 <= hi:
+        return "within noise"
+    return "better" if mean > 0 else "worse"
+
+
+def paired_differences(chosen: dict[tuple, dict], reference: str) -> dict[str, tuple]:
+    """Per row other than ``reference``: (mean, se, n) in points of its test accuracy minus the
+    reference's, over the (held-out domain, seed) pairs both have (training-domain validation);
+    :func:`mean_se`'s standard error (DomainBed's). Empty when ``reference`` has no runs here."""
+    ref = {(k[1], k[2]): c["test"] for k, c in chosen.items() if k[0] == reference and c.get("test") is not None}
+    if not ref:
+        return {}
+    rows = sorted({k[0] for k in chosen if k[0] != reference}, key=_row_order)
+    out = {}
+    for s in rows:
+        diffs = [c["test"] - ref[(k[1], k[2])] for k, c in sorted(chosen.items(), key=lambda kv: (kv[0][1], str(kv[0][2])))
+                 if k[0] == s and c.get("test") is not None and (k[1], k[2]) in ref]
+        out[s] = mean_se(diffs)
+    return out
+
+
+def _signed(value: float) -> str:
+    text = f"{value:+.1f}"
+    return "0.0" if text in ("+0.0", "-0.0") else text
+
+
+def _comparison_table(rows: dict[str, tuple], reference: str) -> list[str]:
+    out = [f"| Strategy | minus {reference} (points) | 95% interval | Pairs (n) | Verdict |", "|---|---:|---:|---:|---|"]
+    for s, (mean, se, n) in rows.items():
+        if mean is None:
+            diff, interval = "-", "-"
+        elif se is None:
+            diff, interval = _signed(mean), "-"  # one pair: the value alone, no interval
+        else:
+            diff, interval = f"{_signed(mean)} ± {se:.1f}", f"[{_signed(mean - Z95 * se)}, {_signed(mean + Z95 * se)}]"
+        out.append(f"| {s} | {diff} | {interval} | {n} | {verdict(mean, se, n)} |")
+    return out
+
+
+def comparison_title(reference: str) -> str:
+    return (f"Paired difference vs {reference}: each strategy's accuracy minus {reference}'s on the same held-out domain "
+            f"and seed (training-domain validation), in points; mean ± standard error over the pairs, 95% interval "
+            f"mean ± 1.96 SE; within noise = the interval contains 0; too few pairs = n < 2")
+
+
 TITLES = {
     "training-domain validation": "Model selection: training-domain validation (test accuracy on the held-out domain)",
     "oracle": "Model selection: oracle, an UPPER BOUND (selected on the held-out domain itself; not a fair comparison)",
@@ -521,6 +586,12 @@ def render(root: str, groups: list[dict], problems: list[tuple[str, str]], n_res
         for name, rows in info["tables"].items():
             columns = info["targets"] + ["Avg"] if name != "in vs out of domain" else list(next(iter(rows.values())).keys())
             lines += [f"### {TITLES[name]}", "", *_markdown_table(rows, columns), ""]
+        reference = g.get("reference", DEFAULT_REFERENCE)
+        comparison = g.get("comparison") or {}
+        if comparison:
+            lines += [f"### {comparison_title(reference)}", "", *_comparison_table(comparison, reference), ""]
+        elif reference not in info["strategies"]:
+            lines += [f"No paired comparison in this table: no `{reference}` runs (choose the reference with --reference NAME).", ""]
     if problems:
         lines += [f"## Runs without results ({len(problems)})", ""]
         lines += [f"- `{path}`: {why}" for path, why in problems]
@@ -528,15 +599,26 @@ def render(root: str, groups: list[dict], problems: list[tuple[str, str]], n_res
     return "\n".join(lines)
 
 
-def write_csv(path: str, dataset: str, info: dict, settings: str = "") -> None:
+def write_csv(path: str, dataset: str, info: dict, settings: str = "", comparison: Optional[dict] = None,
+              reference: str = "") -> None:
+    """One row per cell; the paired comparison's rows (table ``paired difference vs <reference>``,
+    column ``difference``) also fill ``ci95_low_pct``, ``ci95_high_pct`` and ``verdict``, and their
+    ``n_seeds`` is the number of (held-out domain, seed) pairs."""
+    def num(x: Optional[float]) -> Any:
+        return "" if x is None else round(x, 4)
+
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["dataset", "settings", "table", "strategy", "column", "mean_pct", "se_pct", "n_seeds"])
+        w.writerow(["dataset", "settings", "table", "strategy", "column", "mean_pct", "se_pct", "n_seeds",
+                    "ci95_low_pct", "ci95_high_pct", "verdict"])
         for name, rows in info["tables"].items():
             for strategy, row in rows.items():
                 for column, (mean, se, n) in row.items():
-                    w.writerow([dataset, settings, name, strategy, column, "" if mean is None else round(mean, 4),
-                                "" if se is None else round(se, 4), n])
+                    w.writerow([dataset, settings, name, strategy, column, num(mean), num(se), n, "", "", ""])
+        for strategy, (mean, se, n) in (comparison or {}).items():
+            lo, hi = (mean - Z95 * se, mean + Z95 * se) if se is not None else (None, None)
+            w.writerow([dataset, settings, f"paired difference vs {reference}", strategy, "difference", num(mean), num(se), n,
+                        num(lo), num(hi), verdict(mean, se, n)])
 
 
 def chart_figure(title: str, info: dict, chance: Optional[float] = None):
@@ -612,10 +694,20 @@ def filter_runs(results: list[dict], where: Sequence[str], exclude: Sequence[str
     return kept
 
 
+def default_out(root: str) -> str:
+    """``reports/<name of root>`` under the current folder: the report's files stay out of the folder
+    of runs (a sweep's ``--out`` holds runs only)."""
+    name = os.path.basename(os.path.normpath(os.path.abspath(root))) or "report"
+    return os.path.join(REPORTS_DIR, name)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vidlit report", description="DomainBed-style tables from the results.json files under DIR.")
     p.add_argument("dir", help="folder to search (e.g. a sweep's --out)")
-    p.add_argument("--out", help="where to write report.md, report_<dataset>.csv/.png (default: DIR)")
+    p.add_argument("--out", help="where to write report.md, report_<dataset>.csv/.png (default: reports/<name of DIR> "
+                   "under the current folder, outside the folder of runs)")
+    p.add_argument("--reference", default=DEFAULT_REFERENCE, metavar="NAME",
+                   help=f"the strategy every other one is compared with, paired per held-out domain and seed (default: {DEFAULT_REFERENCE})")
     p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                    help="only runs with this setting (config.yaml name), e.g. trainer.max_epochs=12 or model.backbone=r3d_18; repeatable")
     p.add_argument("--exclude", action="append", default=[], metavar="FOLDER",
@@ -637,10 +729,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for g in groups:
             g["chosen"] = select(g["runs"])
             g["info"] = group_tables(g["chosen"])
+            g["reference"] = args.reference
+            g["comparison"] = paired_differences(g["chosen"], args.reference)
+        if args.reference != DEFAULT_REFERENCE and groups and not any(args.reference in g["info"]["strategies"] for g in groups):
+            rows = sorted({s for g in groups for s in g["info"]["strategies"]}, key=_row_order)
+            raise ReportError(f"--reference {args.reference}: no runs of it here (rows: {', '.join(rows)})")
     except ReportError as err:
         print(f"vidlit report: error: {err}", file=sys.stderr)
         return 2
-    out = args.out or args.dir
+    out = args.out or default_out(args.dir)
     os.makedirs(out, exist_ok=True)
     text = render(args.dir, groups, problems, len(results))
     print(text)
@@ -652,10 +749,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         k = same.index(g) + 1
         stem = os.path.join(out, _stem(g["dataset"], k, len(same)))
         differing = _settings_text(g["shared"], g["differs"], all_names=True) if len(same) > 1 else ""
-        write_csv(stem + ".csv", g["dataset"], g["info"], differing)
+        write_csv(stem + ".csv", g["dataset"], g["info"], differing, g["comparison"], g["reference"])
         title = f"{g['dataset']}: held-out domain accuracy ({_short_settings(g['shared'])})\n" \
                 "training-domain validation; mean ± SE over seeds"
         write_chart(stem + ".png", title, g["info"], _chance(g["runs"]))
         written += [os.path.basename(stem) + ".csv", os.path.basename(stem) + ".png"]
-    print(f"wrote {os.path.join(out, 'report.md')}" + "".join(f", {w}" for w in written))
+    print(f"wrote {os.path.join(out, 'report.md')}" + "".join(f", {w}" for w in written) + f" (in {os.path.abspath(out)})")
     return 0

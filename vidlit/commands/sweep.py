@@ -6,7 +6,11 @@ The grid is strategies x held-out domains x seeds (x hyperparameter draws). Each
 time. Rerunning the same command skips finished runs (``results.json`` present) and resumes
 broken ones (``checkpoints/last.ckpt`` present: ``--ckpt_path last``). Any other flag
 (``--trainer.*``, ``--data.*``, ``--model.*``, ``--wandb.*``, ``--backbone``, ``--config``) is
-passed to every run. ``--wandb`` writes a W&B sweep config instead of running anything.
+passed to every run. ``--wandb`` writes a W&B sweep config instead of running anything. fit's own
+names for what the sweep sets are accepted with their fit meaning: ``--seed_everything N`` is
+``--seeds N`` and ``--trainer.default_root_dir DIR`` is ``--out DIR`` (giving both is an error).
+When the runs end, the sweep prints the tables of ``python -m vidlit report OUT`` (finished runs
+only; failed ones are listed).
 
 Hyperparameter draws (``--n_hparams K``) come from each strategy's own search space
 (``Strategy.search_space()``: the shared base entries lr, weight decay, dropout plus the method's
@@ -36,8 +40,11 @@ from vidlit.utils.errors import VidlitError
 from vidlit.utils.io import write_json
 
 LOG_FILE = "sweep.log"
-#: flags the sweep sets per run
-OWN_FLAGS = ("--strategy", "--dataset", "--data.target_domains", "--seed_everything", "--trainer.default_root_dir", "--ckpt_path")
+#: fit flags the sweep sets per run and does not take (fit's --seed_everything and
+#: --trainer.default_root_dir it takes, as its own --seeds N and --out DIR: one name, one meaning)
+OWN_FLAGS = ("--strategy", "--data.target_domains", "--ckpt_path")
+DEFAULT_SEEDS = [0, 1, 2]
+DEFAULT_OUT = "sweeps"
 
 
 class SweepError(VidlitError):
@@ -151,14 +158,16 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--strategies", nargs="+", default=["erm"], help="strategies to compare (default: erm)")
     p.add_argument("--dataset", default="folder", help="dataset format, as for fit (default: folder)")
     p.add_argument("--targets", nargs="+", help="held-out domains, one run each (default: every domain of the dataset)")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="values of --seed_everything (default: 0 1 2)")
+    p.add_argument("--seeds", nargs="+", type=int, help="values of --seed_everything (default: 0 1 2)")
+    p.add_argument("--seed_everything", metavar="N", help="fit's name for one seed: the same as --seeds N")
     p.add_argument("--n_hparams", type=int, default=1, help="hyperparameter draws per strategy: draw 0 is the defaults (default: 1)")
     p.add_argument("--hparam", action="append", default=[], metavar="NAME=SPACE",
                    help="add or replace a search space entry of the strategies that accept NAME, e.g. "
                    "model.lr=loguniform:1e-4:1e-2, model.dropout=choice:0,0.5 (repeat it; choice:V fixes a value); "
                    "default: each strategy's own space (python -m vidlit sweep --show_space)")
     p.add_argument("--show_space", action="store_true", help="print each strategy's search space (with --hparam applied) and exit")
-    p.add_argument("--out", default="sweeps", help="root folder of the run folders (default: sweeps)")
+    p.add_argument("--out", help=f"root folder of the run folders (default: {DEFAULT_OUT})")
+    p.add_argument("--trainer.default_root_dir", dest="default_root_dir", metavar="DIR", help="fit's name for the folder: the same as --out DIR")
     p.add_argument("--name", help="sweep name, used as the W&B group (default: the --out folder's name)")
     p.add_argument("--parallel", type=int, default=1, help="runs at a time on this machine (default: 1)")
     p.add_argument("--dry_run", action="store_true", help="print the plan and the commands, run nothing")
@@ -166,11 +175,24 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     args, rest = p.parse_known_args(list(argv))
     bad = [a for a in rest if a.split("=", 1)[0] in OWN_FLAGS]
     if bad:
-        raise SweepError(f"{bad[0].split('=', 1)[0]} is set by the sweep for each run; use --strategies/--dataset/--targets/--seeds instead")
+        raise SweepError(f"{bad[0].split('=', 1)[0]} is set by the sweep for each run; use --strategies/--targets/--seeds instead")
     if rest and not rest[0].startswith("--"):
         raise SweepError(f"unexpected argument '{rest[0]}': sweep options and fit flags all start with --")
     if args.parallel < 1 or args.n_hparams < 1:
         raise SweepError("--parallel and --n_hparams must be at least 1")
+    if args.seed_everything is not None:
+        if args.seeds is not None:
+            raise SweepError("--seed_everything N is the same as --seeds N: give one of them (--seeds 0 1 2 for several seeds)")
+        try:
+            args.seeds = [int(args.seed_everything)]
+        except ValueError:
+            raise SweepError(f"--seed_everything {args.seed_everything}: expected one integer (--seeds 0 1 2 for several seeds)") from None
+    if args.default_root_dir is not None:
+        if args.out is not None:
+            raise SweepError("--trainer.default_root_dir DIR is the same as --out DIR: give one of them")
+        args.out = args.default_root_dir
+    args.seeds = args.seeds if args.seeds is not None else list(DEFAULT_SEEDS)
+    args.out = args.out if args.out is not None else DEFAULT_OUT
     return args, rest
 
 
@@ -427,4 +449,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{run.state():7s} {run.run_dir}\n        {shlex.join(run.command)}")
         print(f"{len(runs)} runs: " + ", ".join(f"{sum(r.state() == s for r in runs)} {s}" for s in ("done", "resume", "new")))
         return 0
-    return 1 if execute(runs, args.parallel) else 0
+    failed = execute(runs, args.parallel)
+    closing_report(args.out)
+    return 1 if failed else 0
+
+
+def closing_report(out: str) -> None:
+    """The tables of ``python -m vidlit report OUT`` (written to its default folder), printed when
+    the sweep ends; the runs that finished count even when others failed."""
+    from vidlit.commands import report
+
+    print(f"\nsweep: the report of {out} (python -m vidlit report {shlex.quote(out)}):\n", flush=True)
+    try:
+        code = report.main([out])
+    except Exception as err:  # noqa: BLE001 - the runs are done: a report failure must not hide them
+        print(f"vidlit sweep: the report failed ({type(err).__name__}: {err})", file=sys.stderr)
+        code = 1
+    if code:
+        print(f"vidlit sweep: no report table; fix the cause above and run: python -m vidlit report {shlex.quote(out)}", file=sys.stderr)
