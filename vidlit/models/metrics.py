@@ -24,3 +24,37 @@ class PerDomainAccuracy(Metric):
 
     def compute(self) -> torch.Tensor:
         return self.correct.double() / self.total.double()
+
+
+class PerDomainConfusion(Metric):
+    """Confusion matrix of each domain, rows true class, columns predicted class.
+    ``update(logits (B, C), labels (B,), domains (B,))`` counts on the device (no host sync);
+    ``compute() -> (num_domains, num_classes, num_classes)`` long counts, summed across DDP ranks.
+    Per-class accuracy and class-mean (balanced) accuracy follow from it (:func:`class_mean_accuracy`)."""
+
+    full_state_update = False
+
+    def __init__(self, num_domains: int, num_classes: int) -> None:
+        super().__init__()
+        self.num_domains, self.num_classes = num_domains, num_classes
+        self.add_state("counts", torch.zeros(num_domains, num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor) -> None:
+        k = self.num_classes
+        cell = (domains.long() * k + labels.long()) * k + logits.argmax(-1).long()
+        self.counts += torch.bincount(cell, minlength=self.num_domains * k * k).view(self.num_domains, k, k)
+
+    def compute(self) -> torch.Tensor:
+        return self.counts.clone()
+
+
+def per_class_accuracy(confusion: torch.Tensor) -> torch.Tensor:
+    """(..., C, C) counts -> (..., C) recall of each true class (NaN for a class with no videos)."""
+    c = confusion.double()
+    return c.diagonal(dim1=-2, dim2=-1) / c.sum(-1)
+
+
+def class_mean_accuracy(confusion: torch.Tensor) -> torch.Tensor:
+    """(..., C, C) counts -> (...) class-mean (balanced) accuracy: the mean of the per-class
+    accuracies over the classes that have videos (NaN when none has)."""
+    return per_class_accuracy(confusion).nanmean(-1)

@@ -21,11 +21,10 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.classification import MulticlassConfusionMatrix
 
-from vidlit.run.metric_names import acc_key
+from vidlit.run.metric_names import acc_key, class_mean_key
 from vidlit.models.backbones import BACKBONES, NORM_PRESETS, build_backbone
-from vidlit.models.metrics import PerDomainAccuracy
+from vidlit.models.metrics import PerDomainAccuracy, PerDomainConfusion, class_mean_accuracy
 from vidlit.utils.registry import Registry, init_arg_names
 from vidlit.utils.errors import VidlitError
 
@@ -246,7 +245,13 @@ class Strategy(pl.LightningModule):
         self.val_acc = PerDomainAccuracy(len(self.domain_names["val"]))
         self.val_target_acc = PerDomainAccuracy(len(self.domain_names["test"]))
         self.test_acc = PerDomainAccuracy(len(self.domain_names["test"]))
-        self.test_confusion = MulticlassConfusionMatrix(self.hparams.num_classes)
+        # per-domain confusion matrices (counts on the device, summed across DDP ranks): per-class and
+        # class-mean accuracy; after each epoch the counts are kept on the CPU in ``confusion_matrices``
+        c = self.hparams.num_classes
+        self.val_confusion = PerDomainConfusion(len(self.domain_names["val"]), c)
+        self.val_target_confusion = PerDomainConfusion(len(self.domain_names["test"]), c)
+        self.test_confusion = PerDomainConfusion(len(self.domain_names["test"]), c)
+        self.confusion_matrices: dict[str, torch.Tensor] = {}
         from torchmetrics import SumMetric
 
         self.bad_videos = SumMetric()
@@ -265,6 +270,7 @@ class Strategy(pl.LightningModule):
         logits = self(batch["video"])
         metric = self.val_acc if dataloader_idx == 0 else self.val_target_acc
         metric.update(logits, batch["label"], batch["domain"])
+        (self.val_confusion if dataloader_idx == 0 else self.val_target_confusion).update(logits, batch["label"], batch["domain"])
         if dataloader_idx == 0:
             loss = F.cross_entropy(logits, batch["label"])
             self.log("val/loss", loss, batch_size=batch["label"].shape[0], add_dataloader_idx=False)
@@ -276,10 +282,24 @@ class Strategy(pl.LightningModule):
         self.log(acc_key(prefix), acc.float().nanmean(), prog_bar=prefix == "val", add_dataloader_idx=False)
         metric.reset()
 
+    def _log_class_mean(self, prefix: str, metric: PerDomainConfusion, names: list[str]) -> None:
+        """``<prefix>/class_mean_acc`` (the classes' mean accuracy over the videos of every domain
+        pooled) and ``<prefix>/class_mean_acc/<domain>``; the counts kept in ``confusion_matrices[prefix]``."""
+        counts = metric.compute()
+        per_domain = class_mean_accuracy(counts)
+        for name, value in zip(names, per_domain):
+            self.log(class_mean_key(prefix, name), value.float(), add_dataloader_idx=False)
+        self.log(class_mean_key(prefix), class_mean_accuracy(counts.sum(0)).float(), add_dataloader_idx=False)
+        self.confusion_matrices[prefix] = counts.cpu()  # once per epoch, not per batch
+        metric.reset()
+
     def on_validation_epoch_end(self) -> None:
         self._log_domains("val", self.val_acc, self.domain_names["val"])
+        if self.val_confusion.update_called:
+            self._log_class_mean("val", self.val_confusion, self.domain_names["val"])
         if self.val_target_acc.update_called:
             self._log_domains("val_target", self.val_target_acc, self.domain_names["test"])
+            self._log_class_mean("val_target", self.val_target_confusion, self.domain_names["test"])
         # per-epoch count (reset after logging): HistoryCallback keeps each epoch's, results.json the sum
         # no training batch since the last reset (sanity check, validate): 0, without computing an empty metric
         bad = self.bad_videos.compute().float() if self.bad_videos.update_called else torch.zeros((), device=self.device)
@@ -306,11 +326,11 @@ class Strategy(pl.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         probs = self._video_probs(batch["video"])
         self.test_acc.update(probs, batch["label"], batch["domain"])
-        self.test_confusion.update(probs, batch["label"])
+        self.test_confusion.update(probs, batch["label"], batch["domain"])
 
     def on_test_epoch_end(self) -> None:
-        self.test_confusion_matrix = self.test_confusion.compute().cpu()
-        self.test_confusion.reset()
+        self._log_class_mean("test", self.test_confusion, self.domain_names["test"])
+        self.test_confusion_matrix = self.confusion_matrices["test"].sum(0)  # (C, C) over the target domains
         self._log_domains("test", self.test_acc, self.domain_names["test"])
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
