@@ -63,6 +63,20 @@ def test_filters_are_narrow():
                                                      "Precision transformer-engine i"]
 
 
+def test_resume_filter_drops_only_its_own_folder(tmp_path):
+    from vidlit.utils.quiet import expect_checkpoint_dir_warning
+
+    mine, other = tmp_path / "run" / "checkpoints", tmp_path / "other" / "checkpoints"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        expect_checkpoint_dir_warning(str(mine))
+        warnings.warn(f"Checkpoint directory {mine} exists and is not empty.", UserWarning)
+        warnings.warn(f"Checkpoint directory {other} exists and is not empty.", UserWarning)
+        warnings.warn(f"Checkpoint directory {mine} exists and is not empty. And more.", UserWarning)
+    assert [str(w.message) for w in caught] == [f"Checkpoint directory {other} exists and is not empty.",
+                                               f"Checkpoint directory {mine} exists and is not empty. And more."]
+
+
 def test_model_summary_has_no_flops_on_a_terminal_or_in_a_file(monkeypatch, capsys):
     import sys
 

@@ -165,6 +165,12 @@ def test_disabled_leaves_only_csv(monkeypatch, tmp_path):
     assert [type(lg) for lg in loggers] == [RunCSVLogger]
 
 
+def test_eval_commands_without_a_request_leave_only_csv(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    loggers = build_loggers(str(tmp_path), _options_config(), "test", wandb=False)
+    assert [type(lg) for lg in loggers] == [RunCSVLogger] and not (tmp_path / "wandb").exists()
+
+
 def test_no_credentials_goes_offline_without_prompt(no_credentials, tmp_path, capsys):
     run_dir = str(tmp_path / "run")
     loggers = build_loggers(run_dir, _options_config(project="p", tags=["x"]), "fit")

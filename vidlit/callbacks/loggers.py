@@ -1,5 +1,8 @@
 """Default loggers of a run: CSV always (``<run_dir>/metrics.csv``) and Weights & Biases.
 
+``fit`` always logs to W&B (unless disabled); ``validate``, ``test`` and ``predict`` only when
+asked, with ``--trainer.logger true`` or any ``--wandb.*`` option (e.g. ``--wandb.project NAME``).
+
 W&B mode, decided once per run by :func:`wandb_mode`:
 
 * ``WANDB_MODE=disabled`` (or ``--trainer.logger false``, which drops every default logger): off;
@@ -41,7 +44,9 @@ DEFAULT_PROJECT = "vidlit"
 
 @dataclass
 class WandbOptions:
-    """Weights & Biases run settings (``--wandb.*``).
+    """Weights & Biases run settings (``--wandb.*``). ``fit`` logs to W&B unless
+    ``WANDB_MODE=disabled``; ``validate``, ``test`` and ``predict`` only when one of these options
+    (or ``--trainer.logger true``) is given.
 
     Args:
         project: W&B project (default: ``$WANDB_PROJECT`` or ``vidlit``).
@@ -163,13 +168,14 @@ class RunCSVLogger(CSVLogger):
         return self._experiment
 
 
-def build_loggers(run_dir: str, config: Any, subcommand: str) -> list[Logger]:
-    """Loggers used when ``--trainer.logger`` is not given: CSV, plus W&B unless disabled."""
+def build_loggers(run_dir: str, config: Any, subcommand: str, wandb: bool = True) -> list[Logger]:
+    """Loggers used when ``--trainer.logger`` is not given: CSV, plus W&B unless disabled or
+    ``wandb`` is false (``validate``/``test``/``predict`` without a ``--wandb.*`` flag)."""
     cfg = config[subcommand] if subcommand in config else config
     append = subcommand != "fit" or cfg.get("ckpt_path") is not None
     loggers: list[Logger] = [RunCSVLogger(run_dir, append=append)]
     mode = wandb_mode()
-    if mode != "disabled":
+    if mode != "disabled" and wandb:
         loggers.append(build_wandb_logger(run_dir, _options(config, subcommand), resolved_config(config, subcommand), mode))
     return loggers
 

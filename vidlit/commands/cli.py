@@ -153,9 +153,18 @@ class VidlitCLI(LightningCLI):
         self.checkpoint_run = checkpoint_run
         self.run_dir: Optional[str] = None
         self.finished_checkpoint: Optional[str] = None  # set when --ckpt_path names a finished run
+        self._args = list(args)
+        self._new_dirs: list[str] = []  # the run folder and its parents, where this command creates them
+        try:
+            self._init(args)
+        except Exception:
+            self._remove_new_run_dir()  # a command that failed before training leaves no empty run folder
+            raise
+
+    def _init(self, args: list[str]) -> None:
         super().__init__(
-            model_class=STRATEGIES.get(strategy),
-            datamodule_class=DATAMODULES.get(dataset),
+            model_class=STRATEGIES.get(self.strategy_name),
+            datamodule_class=DATAMODULES.get(self.dataset_name),
             args=args,
             seed_everything_default=0,
             trainer_defaults={
@@ -170,6 +179,52 @@ class VidlitCLI(LightningCLI):
             # no prefix matching (--trainer.max_ep is not --trainer.max_epochs); subcommands inherit it
             parser_kwargs={"allow_abbrev": False, "prog": "python -m vidlit"},
         )
+
+    def _remove_new_run_dir(self) -> None:
+        """After a failed command: remove the run folder if this command created it and nothing was
+        trained into it (no checkpoint, no training step), then its parents that it created and that
+        are now empty. A folder that existed before (``--trainer.default_root_dir``, a resumed run)
+        is never removed; neither is a run that trained (its checkpoints survive a later crash)."""
+        import shutil
+
+        if not self._new_dirs or os.environ.get("LOCAL_RANK", "0") != "0":
+            return
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and (not trainer.is_global_zero or trainer.global_step > 0):
+            return
+        run_dir = self._new_dirs[0]
+        for _, _, files in os.walk(run_dir):
+            if any(f.endswith(".ckpt") for f in files):
+                return
+        if os.path.isdir(os.path.join(run_dir, "wandb")):
+            import contextlib
+
+            with contextlib.suppress(Exception):  # a W&B run started here: close it before its folder goes
+                import wandb
+
+                if wandb.run is not None:
+                    wandb.finish(exit_code=1, quiet=True)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        for parent in self._new_dirs[1:]:
+            try:
+                os.rmdir(parent)  # only when empty: another run may have been created there meanwhile
+            except OSError:
+                break
+
+    def _wandb_requested(self) -> bool:
+        """``validate``/``test``/``predict`` log to W&B only when asked: ``--trainer.logger true`` or
+        a ``--wandb.*`` option (on the command line, or a ``wandb:`` value in a ``--config``)."""
+        import dataclasses
+
+        if any(a == "--wandb" or a.startswith(("--wandb.", "--wandb=")) for a in self._args):
+            return True
+        cfg = self.config[self.subcommand]
+        if cfg.trainer.logger is True:
+            return True
+        given = cfg.get("wandb")
+        given = given.as_dict() if hasattr(given, "as_dict") else dict(given or {})
+        defaults = dataclasses.asdict(WandbOptions())
+        return any(given.get(k, v) != v for k, v in defaults.items())
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
@@ -228,14 +283,21 @@ class VidlitCLI(LightningCLI):
         if not given and self.checkpoint_run is not None and not (os.environ.get("LOCAL_RANK", "0") != "0" and os.environ.get(RUN_DIR_ENV)):
             # evaluating a checkpoint: a folder of its own inside the checkpoint's run, never a new runs/... run
             given = os.path.join(self.checkpoint_run, "eval", f"{self.subcommand}-{time.strftime('%Y%m%d-%H%M%S')}")
+            self._new_dirs = _missing_dirs(given)
             check_writable(given)
         self.run_dir = resolve_run_dir(given, self.strategy_name, self.dataset_name)
+        self._new_dirs = self._new_dirs or _missing_dirs(self.run_dir)
+        ckpt = cfg.get("ckpt_path")
+        if self.subcommand == "fit" and ckpt and ckpt not in ("last", "best", "hpc", "registry") and not os.path.isfile(str(ckpt)):
+            # now, before a run folder, a logger or a W&B run exists
+            raise VidlitError(f"--ckpt_path: no checkpoint file '{ckpt}'; pass a .ckpt file (e.g. RUN/checkpoints/last.ckpt), "
+                              "or --ckpt_path last with --trainer.default_root_dir RUN to resume")
         where = os.path.join(cfg.checkpoint.dirpath or os.path.join(self.run_dir, "checkpoints"), "last.ckpt")
         if cfg.get("ckpt_path") == "last" and not os.path.isfile(where):  # Lightning: a warning mid-output, then from scratch
             raise VidlitError(f"--ckpt_path last: no checkpoint {where} in the run folder '{self.run_dir}'; "
                               "check --trainer.default_root_dir (the folder of the run to resume), or drop --ckpt_path last to start afresh")
         if self.subcommand == "fit":
-            check_writable(self.run_dir)
+            check_writable(self.run_dir)  # removed again if the command fails before training (_remove_new_run_dir)
         cfg.trainer.default_root_dir = self.run_dir
         if cfg.checkpoint.dirpath is None:
             cfg.checkpoint.dirpath = os.path.join(self.run_dir, "checkpoints")
@@ -256,7 +318,12 @@ class VidlitCLI(LightningCLI):
         if cfg.trainer.logger in (None, True):
             from vidlit.callbacks.loggers import build_loggers
 
-            kwargs["logger"] = build_loggers(self.run_dir, self.config, self.subcommand)
+            wandb = self.subcommand == "fit" or self._wandb_requested()  # eval commands: only when asked
+            kwargs["logger"] = build_loggers(self.run_dir, self.config, self.subcommand, wandb=wandb)
+        if self.subcommand == "fit" and cfg.get("ckpt_path"):  # resuming writes into the run's own checkpoints
+            from vidlit.utils.quiet import expect_checkpoint_dir_warning
+
+            expect_checkpoint_dir_warning(cfg.checkpoint.dirpath)
         callbacks = self._get(self.config_init, "trainer", default={}).get("callbacks") or []  # instantiated ones
         callbacks = list(callbacks) if isinstance(callbacks, list) else [callbacks]
         if cfg.trainer.enable_progress_bar is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
@@ -335,6 +402,7 @@ class VidlitCLI(LightningCLI):
             "wall_time_s": self.wall_clock.update(),
         }
         results = build_results(trainer, self.model, self.datamodule, self.history.history, best, meta)
+        results.update(_plain_finetune_entry(self.datamodule))
         if averaging is not None:
             results.update(averaging.summary or {"average": {"method": averaging.method, "interrupted": True}})
             if not results["average"].get("interrupted"):
@@ -346,7 +414,7 @@ class VidlitCLI(LightningCLI):
             from vidlit.run.sweep_record import record_wandb_agent_run
 
             record_wandb_agent_run(self.run_dir, "done")
-            print_table(results, path, callback_lines(trainer, results))
+            print_table(results, path, _plain_finetune_lines(results) + callback_lines(trainer, results))
             from vidlit.callbacks.loggers import finish_loggers
 
             finish_loggers(trainer, self.model, results)
@@ -409,11 +477,45 @@ class VidlitCLI(LightningCLI):
                     checkpoint_run=os.path.abspath(self.checkpoint_run) if self.checkpoint_run else None)
         results = eval_results(subcommand, trainer, self.model, head)
         results["wall_time_s"] = round(time.time() - self.start_time, 2)
+        results.update(_plain_finetune_entry(self.datamodule))
         path = write_results(self.run_dir, results, f"{subcommand}_results.json")
-        for line in callback_lines(trainer, results):
+        for line in _plain_finetune_lines(results) + callback_lines(trainer, results):
             print(line, flush=True)
         print(f"results: {path}", flush=True)
 
+
+
+def _missing_dirs(path: str) -> list[str]:
+    """``path`` and its parents up to the first that exists, when ``path`` does not exist yet (the
+    folders a command creates for its run folder); ``[]`` when it exists."""
+    out, p = [], os.path.abspath(path)
+    while not os.path.exists(p):
+        out.append(p)
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    return out
+
+
+def _plain_finetune_entry(datamodule: Any) -> dict:
+    """``plain_finetune`` in the results of a run without held-out domain (``--data.target_domains
+    '[]'``): the test fraction and the videos per split; ``{}`` otherwise."""
+    if not getattr(datamodule, "plain_finetune", False):
+        return {}
+    return {"plain_finetune": {
+        "test_fraction": datamodule.hparams.test_fraction,
+        "videos": {k: len(getattr(datamodule, f"{k}_records", [])) for k in ("train", "val", "test")},
+    }}
+
+
+def _plain_finetune_lines(results: dict) -> list[str]:
+    plain = results.get("plain_finetune")
+    if not plain:
+        return []
+    n = plain["videos"]
+    return [f"plain fine-tuning (--data.target_domains '[]'): no held-out domain; the target rows are each domain's "
+            f"in-domain test split ({n['train']} train / {n['val']} val / {n['test']} test videos)"]
 
 
 def _resolve_ckpt_path(ckpt_path: Optional[str], trainer: Any) -> Optional[str]:

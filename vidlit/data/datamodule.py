@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from vidlit.models.backbones import BACKBONES
 from vidlit.data.clips import ClipDataset, ClipTransform
 from vidlit.data.decoders import RecordDecoder, resolve_decoder
-from vidlit.data.records import DataError, VideoRecord, check_classes, check_domains, holdout_split
+from vidlit.data.records import DataError, VideoRecord, check_classes, check_domains, finetune_split, holdout_split
 from vidlit.data.sampler import DomainBalancedBatchSampler, SourceTargetBatchSampler
 from vidlit.data.target import SourceTargetDataset, collate_source_target
 from vidlit.data.video_io import VideoDecodeError, probe_video
@@ -52,7 +52,10 @@ class MultiDomainDataModule(pl.LightningDataModule):
     Args:
         root: dataset folder; its meaning is the subclass's.
         source_domains: training domains (default: every domain not in ``target_domains``).
-        target_domains: held-out test domains (default: the last domain in sorted order).
+        target_domains: held-out test domains (default: the last domain in sorted order). ``[]``
+            is plain fine-tuning: no held-out domain; each domain's videos (or groups) are split
+            into train / val / test (``test_fraction``, then ``holdout_fraction`` of the rest), and
+            test is the in-domain test split of every domain.
         classes: class names to use, in label order (default: all; they must match across domains).
         backbone: set from ``--backbone``; gives the default ``num_frames`` and ``size``.
         num_frames: frames per clip (default: the backbone's preference).
@@ -65,6 +68,8 @@ class MultiDomainDataModule(pl.LightningDataModule):
         eval_batch_size: clips per evaluation step (default: ``batch_size``).
         num_workers: DataLoader worker processes.
         holdout_fraction: share of each source domain's videos (or groups) kept for validation.
+        test_fraction: plain fine-tuning only (``target_domains`` ``[]``): share of each domain's
+            videos (or groups) kept as its in-domain test split.
         split_seed: seed of the holdout split (independent of ``--seed_everything``).
         crop_scale: area range of the training random resized crop.
         flip: random horizontal flip in training. Off by default: not label-preserving for
@@ -121,6 +126,7 @@ class MultiDomainDataModule(pl.LightningDataModule):
         test_views: Union[str, int] = "1x1",
         unlabeled_target: bool = False,
         target_batch_size: Optional[int] = None,
+        test_fraction: float = 0.2,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -138,6 +144,8 @@ class MultiDomainDataModule(pl.LightningDataModule):
         self.target_batch_size = target_batch_size or batch_size
         self._source, self._target, self._classes = source_domains, target_domains, classes
         self._indexed = False
+        #: ``--data.target_domains '[]'``: ordinary transfer learning, tested on each domain's own test split
+        self.plain_finetune = target_domains is not None and len(target_domains) == 0
         self._eval_checked = False
         self._decoder: Optional[RecordDecoder] = None
 
@@ -177,6 +185,10 @@ class MultiDomainDataModule(pl.LightningDataModule):
         if self._indexed:
             return
         records = self.index_records()
+        self.plain_finetune = self._target is not None and len(self._target) == 0  # a subclass may have set _target
+        if self.plain_finetune and self.hparams.unlabeled_target:
+            raise DataError("--data.unlabeled_target needs target domains; plain fine-tuning (--data.target_domains '[]') has none: "
+                            "drop one of the two")
         source, target = check_domains({r.domain for r in records}, self._source, self._target, self.describe())
         used = [r for r in records if r.domain in set(source) | set(target)]
         self.class_names = check_classes(used, source + target, self._classes)
@@ -191,11 +203,16 @@ class MultiDomainDataModule(pl.LightningDataModule):
             )
         recs = [r for r, _ in probed]
         bad = {id(r): p for r, p in probed if p}
-        self.source_domains, self.target_domains = source, target
         src = [r for r in recs if r.domain in source]
         # split with the bad files still in, so that the good ones land where they would anyway
-        train, val = holdout_split(src, self.hparams.holdout_fraction, self.hparams.split_seed)
-        test = sorted((r for r in recs if r.domain in target), key=lambda r: (r.domain, r.path, r.start_frame or 0))
+        if self.plain_finetune:  # the test rows are the source domains' own test splits
+            train, val, test = finetune_split(src, self.hparams.holdout_fraction, self.hparams.test_fraction, self.hparams.split_seed)
+            target = list(source)
+        else:
+            train, val = holdout_split(src, self.hparams.holdout_fraction, self.hparams.split_seed)
+            test = [r for r in recs if r.domain in target]
+        test = sorted(test, key=lambda r: (r.domain, r.path, r.start_frame or 0))
+        self.source_domains, self.target_domains = source, target
         self.skipped: dict[str, list[str]] = {"train": [], "val": [], "test": []}
         for split, rows in (("train", train), ("val", val), ("test", test)):
             self.skipped[split] = [bad[id(r)] for r in rows if id(r) in bad]

@@ -40,11 +40,17 @@ class VideoRecord:
 def check_domains(
     all_domains: Sequence[str], source: Optional[Sequence[str]], target: Optional[Sequence[str]], where: str
 ) -> tuple[list[str], list[str]]:
-    """Resolve source/target domain lists; default target = last domain in sorted order."""
+    """Resolve source/target domain lists; default target = last domain in sorted order.
+
+    An empty ``target`` list (``--data.target_domains '[]'``) is plain fine-tuning: no held-out
+    domain, every domain (or ``source``) is trained on; returns ``(source, [])``."""
     domains = sorted(all_domains)
     if not domains:
         raise DataError(f"{where}: no domains found; expected <root>/<domain>/<class>/<video> folders")
-    target = list(target) if target else [domains[-1]]
+    if target is not None and len(target) == 0:
+        target = []
+    else:
+        target = list(target) if target else [domains[-1]]
     for name in list(target) + list(source or []):
         if name not in domains:
             raise DataError(f"unknown domain '{name}' (--data.source_domains/--data.target_domains); domains in {where}: {', '.join(domains)}")
@@ -93,20 +99,23 @@ def check_classes(records: Iterable[VideoRecord], domains: Sequence[str], classe
     return union
 
 
-def holdout_split(records: Sequence[VideoRecord], fraction: float, seed: int) -> tuple[list[VideoRecord], list[VideoRecord]]:
+def holdout_split(
+    records: Sequence[VideoRecord], fraction: float, seed: int, salt: int = 0, flag: str = "--data.holdout_fraction"
+) -> tuple[list[VideoRecord], list[VideoRecord]]:
     """Split each domain's records into (train, val) by ``split_key`` (video or group).
 
-    Depends only on the set of keys, the fraction and the seed: not on listing order or workers.
+    Depends only on the set of keys, the fraction, the seed and ``salt`` (another split of the same
+    records, e.g. the in-domain test split of plain fine-tuning): not on listing order or workers.
     """
     if not 0 <= fraction < 1:
-        raise DataError(f"--data.holdout_fraction must be in [0, 1), got {fraction}")
+        raise DataError(f"{flag} must be in [0, 1), got {fraction}")
     train, val = [], []
     by_domain: dict[str, list[VideoRecord]] = {}
     for r in records:
         by_domain.setdefault(r.domain, []).append(r)
     for domain, recs in sorted(by_domain.items()):
         keys = sorted({r.split_key for r in recs})
-        rng = np.random.default_rng([seed, zlib.crc32(domain.encode())])
+        rng = np.random.default_rng([seed, zlib.crc32(domain.encode())] + ([salt] if salt else []))
         order = rng.permutation(len(keys))
         n_val = int(round(fraction * len(keys)))
         if fraction > 0 and len(keys) > 1:
@@ -115,3 +124,25 @@ def holdout_split(records: Sequence[VideoRecord], fraction: float, seed: int) ->
         for r in sorted(recs, key=lambda r: (r.path, r.start_frame or 0)):
             (val if r.split_key in val_keys else train).append(r)
     return train, val
+
+
+def finetune_split(
+    records: Sequence[VideoRecord], val_fraction: float, test_fraction: float, seed: int
+) -> tuple[list[VideoRecord], list[VideoRecord], list[VideoRecord]]:
+    """Plain fine-tuning: each domain's records into (train, val, test) by ``split_key``.
+
+    ``test_fraction`` of each domain's videos (or groups) is the in-domain test split, then
+    ``val_fraction`` of the rest is the validation split, as :func:`holdout_split` draws it; a
+    video or group is on one side only. Seeded and deterministic like :func:`holdout_split`."""
+    if not 0 < test_fraction < 1:
+        raise DataError(f"--data.test_fraction must be in (0, 1) for plain fine-tuning (--data.target_domains '[]'), got {test_fraction}")
+    rest, test = holdout_split(records, test_fraction, seed, salt=1, flag="--data.test_fraction")
+    train, val = holdout_split(rest, val_fraction, seed)
+    for domain in sorted({r.domain for r in records}):
+        keys = len({r.split_key for r in records if r.domain == domain})
+        if not any(r.domain == domain for r in test) or not any(r.domain == domain for r in train):
+            raise DataError(
+                f"plain fine-tuning (--data.target_domains '[]'): domain '{domain}' has {keys} video(s)/group(s), "
+                "too few for a train and a test split; add videos or hold out a domain with --data.target_domains"
+            )
+    return train, val, test

@@ -7,6 +7,8 @@ messages, each narrowly by its text (and category for warnings):
 * "Loading `train_dataloader` to estimate number of stepping batches." (our schedule asks for it);
 * torch's ``FutureWarning`` "`isinstance(treespec, LeafSpec)` is deprecated" raised from inside
   Lightning (nothing in our code to change);
+* (only when resuming, for the run's own folder: :func:`expect_checkpoint_dir_warning`) Lightning's
+  "Checkpoint directory ... exists and is not empty.";
 * "You have overridden `on_after_batch_transfer` in `LightningModule` but have passed in a
   `LightningDataModule`": intended (the strategy normalises clips on the device).
 
@@ -43,6 +45,16 @@ class _DropLines(logging.Filter):
         except Exception:  # noqa: BLE001 - a malformed record is not ours to judge
             return True
         return not msg.startswith(LOG_LINES)
+
+
+def expect_checkpoint_dir_warning(dirpath: str) -> None:
+    """A resumed run (``fit --ckpt_path``) writes into its own checkpoint folder: drop Lightning's
+    "Checkpoint directory DIRPATH exists and is not empty." for exactly that folder (it still warns
+    when a new run is pointed at a folder holding checkpoints)."""
+    import os
+
+    for path in {str(dirpath), os.path.realpath(os.path.expanduser(str(dirpath)))}:
+        warnings.filterwarnings("ignore", message=re.escape(f"Checkpoint directory {path} exists and is not empty.") + r"\Z")
 
 
 _installed = False
