@@ -25,7 +25,9 @@ from vidlit.data.video_io import write_video
 class WandbMediaCallback(Callback):
     """At the end of testing (rank 0, only when a W&B logger is attached), logs:
 
-    * ``test/confusion_matrix``: over the target domains (W&B's confusion-matrix chart);
+    * ``test/confusion_matrix``: over the target domains (W&B's confusion-matrix chart; the same
+      counts, per domain too, are written to the run folder by
+      :class:`vidlit.callbacks.confusion.PerClassResults`: ``confusion_test.csv``);
     * ``samples/<domain>``: ``clips_per_domain`` clips of each source domain (validation split)
       and target domain (test set), each captioned with its true class and the model's prediction
       on that clip (one view, even when testing averages several). The mp4 files are kept in
