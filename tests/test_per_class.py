@@ -158,3 +158,27 @@ def test_monitor_class_mean_accuracy_selects_the_checkpoint(fitted):
     expected = max(rows, key=lambda e: (rows[e][0], -rows[e][1], -e))
     assert res["best_epoch"] == expected, rows
     assert os.path.basename(res["best_checkpoint"]) == f"best-epoch={expected:03d}.ckpt"
+
+
+def test_rank_counts_merge_one_copy_or_the_shards_sum():
+    import torch
+
+    from vidlit.models.metrics import merge_rank_counts
+
+    counts = torch.tensor([[[3, 1], [0, 2]]])
+    assert torch.equal(merge_rank_counts(torch.stack([counts, counts])), counts)  # every rank saw every video
+    other = torch.tensor([[[1, 0], [1, 1]]])
+    assert torch.equal(merge_rank_counts(torch.stack([counts, other])), counts + other)  # sharded loaders
+
+
+def test_ddp_test_counts_every_video_once(fitted, unbalanced_root, tmp_path):
+    """Under DDP (2 CPU processes) every rank tests every video: the files are those of one process."""
+    run_dir, res, _ = fitted
+    out = tmp_path / "ddp"
+    proc = run_vidlit("test", "--ckpt_path", res["best_checkpoint"], *_data_flags(unbalanced_root), "--trainer.default_root_dir",
+                      str(out), "--trainer.logger", "false", "--trainer.enable_progress_bar", "false", "--data.num_workers", "0",
+                      "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (out / "confusion_test.csv").read_text() == open(os.path.join(run_dir, "confusion_test.csv")).read()
+    tested = json.loads((out / "test_results.json").read_text())
+    assert tested["test_class_mean_acc_per_domain"] == res["test_class_mean_acc_per_domain"]

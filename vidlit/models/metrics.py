@@ -29,15 +29,20 @@ class PerDomainAccuracy(Metric):
 class PerDomainConfusion(Metric):
     """Confusion matrix of each domain, rows true class, columns predicted class.
     ``update(logits (B, C), labels (B,), domains (B,))`` counts on the device (no host sync);
-    ``compute() -> (num_domains, num_classes, num_classes)`` long counts, summed across DDP ranks.
-    Per-class accuracy and class-mean (balanced) accuracy follow from it (:func:`class_mean_accuracy`)."""
+    ``compute() -> (num_domains, num_classes, num_classes)`` long counts of the videos seen.
+    Per-class accuracy and class-mean (balanced) accuracy follow from it (:func:`class_mean_accuracy`).
+
+    Under DDP the counts of the ranks are gathered at ``compute`` (:func:`merge_rank_counts`): vidlit's
+    validation and test loaders are not sharded (every rank evaluates every video), so identical
+    counts on every rank are one copy, not a sum; counts that differ (sharded loaders) are summed."""
 
     full_state_update = False
 
     def __init__(self, num_domains: int, num_classes: int) -> None:
         super().__init__()
         self.num_domains, self.num_classes = num_domains, num_classes
-        self.add_state("counts", torch.zeros(num_domains, num_classes, num_classes, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("counts", torch.zeros(num_domains, num_classes, num_classes, dtype=torch.long),
+                       dist_reduce_fx=merge_rank_counts)
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor) -> None:
         k = self.num_classes
@@ -46,6 +51,14 @@ class PerDomainConfusion(Metric):
 
     def compute(self) -> torch.Tensor:
         return self.counts.clone()
+
+
+def merge_rank_counts(gathered: torch.Tensor) -> torch.Tensor:
+    """(world, ...) counts gathered from the DDP ranks -> (...): one copy when every rank holds the
+    same counts (each evaluated every video), else their sum (each evaluated its own shard)."""
+    if gathered.dim() == 0 or gathered.shape[0] == 1 or bool((gathered == gathered[:1]).all()):
+        return gathered[0] if gathered.dim() > 0 else gathered
+    return gathered.sum(0)
 
 
 def per_class_accuracy(confusion: torch.Tensor) -> torch.Tensor:
