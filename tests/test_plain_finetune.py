@@ -58,3 +58,10 @@ def test_fit_without_target_tests_in_domain(one_domain, tmp_path):
     assert list(res["test_acc_per_domain"]) == [DOMAINS[0]] and res["test_acc"] is not None
     assert res["plain_finetune"]["videos"] == {"train": 19, "val": 5, "test": 6}
     assert "in-domain test split" in r.stdout and DOMAINS[0] in r.stdout
+    # the eval commands take the run's settings: the same in-domain test split
+    r = run_vidlit("test", "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"), "--data.num_workers", "0",
+                   "--trainer.enable_progress_bar", "false", cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    (out,) = (run_dir / "eval").glob("test-*/test_results.json")
+    res = json.loads(out.read_text())
+    assert list(res["test_acc_per_domain"]) == [DOMAINS[0]] and res["plain_finetune"]["videos"]["test"] == 6
