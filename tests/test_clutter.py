@@ -107,6 +107,14 @@ def test_eval_logs_to_wandb_only_when_asked(trained, tmp_path):
     assert _wandb_dirs(asked) == [str(asked / "wandb")]
 
 
+def test_failed_eval_leaves_no_eval_folder(trained, tmp_path):
+    ckpt = os.path.join(trained, "checkpoints", "last.ckpt")
+    r = run_vidlit("test", "--ckpt_path", ckpt, "--data.root", str(tmp_path / "nowhere"), "--data.num_workers", "0",
+                   cwd=str(tmp_path), env=OFFLINE)
+    assert r.returncode != 0 and "--data.root" in r.stderr, r.stderr[-2000:]
+    assert not os.path.exists(os.path.join(trained, "eval")) and not os.path.exists(tmp_path / "runs")
+
+
 def test_resume_prints_no_checkpoint_folder_warning(trained, tiny_root, tmp_path):
     run_dir = str(tmp_path / "resumed")
     shutil.copytree(trained, run_dir)
