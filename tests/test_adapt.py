@@ -189,3 +189,26 @@ def test_adapt_on_a_tiny_run(tiny_root, tmp_path_factory, tmp_path):
 
     proc = run_vidlit("adapt", "--ckpt_path", ckpt, "--shots", "6", "--out", str(tmp_path / "k6"))
     assert proc.returncode == 2 and "--shots 6" in proc.stderr and "has only 6 video(s)" in proc.stderr
+
+
+def test_fits_names_for_the_seed_and_the_folder(capsys):
+    """``--seed_everything`` is ``--seed`` and ``--trainer.default_root_dir`` is ``--out`` (fit's names):
+    kept by adapt (the shots' draw, the output folder), not passed on to the fine-tuning run; both names
+    with different values: one line."""
+    from vidlit.commands.adapt import parse_args
+    from vidlit.commands.main import main
+
+    args, rest = parse_args(["--ckpt_path", "x.ckpt", "--shots", "1", "--seed_everything", "3",
+                             "--trainer.default_root_dir", "out/k1", "--trainer.max_epochs", "2"])
+    assert (args.seed, args.out) == (3, "out/k1") and rest == ["--trainer.max_epochs", "2"]
+    args, _ = parse_args(["--ckpt_path", "x.ckpt", "--shots", "1", "--seed", "3", "--seed_everything", "3", "--out", "o"])
+    assert (args.seed, args.out) == (3, "o")
+    args, _ = parse_args(["--ckpt_path", "x.ckpt", "--shots", "1"])
+    assert (args.seed, args.out) == (0, None)
+    for flags, line in (
+        (["--seed", "1", "--seed_everything", "2"], "adapt: --seed 1 and --seed_everything 2 are the same setting with different values; give one"),
+        (["--out", "a", "--trainer.default_root_dir=b"],
+         "adapt: --out a and --trainer.default_root_dir b are the same setting with different values; give one"),
+    ):
+        assert main(["adapt", "--ckpt_path", "x.ckpt", "--shots", "1", *flags]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [f"vidlit: error: {line}"]

@@ -230,17 +230,34 @@ def test_explain_writes_overlays_for_every_backbone(backbone, tiny_root, tmp_pat
     assert "true circle" in capsys.readouterr().out
 
 
-def test_explain_video_files_and_errors(tiny_root, tmp_path, capsys):
+def test_explain_video_files_and_errors(tiny_root, tmp_path, capsys, monkeypatch):
     ckpt, _ = _fake_run(tmp_path, tiny_root, "tiny3d")
     video = os.path.join(tiny_root, "colour", "move_up", "colour_move_up_002.mp4")
+    from vidlit.commands import explain
     from vidlit.commands.explain import main
 
-    assert main(["--ckpt_path", ckpt, video, "--out", str(tmp_path / "v")]) == 0
+    strips: list = []
+    real_strip = explain.write_strip
+
+    def recording_strip(path, frames, maps, title, *args, **kwargs):
+        strips.append(kwargs.get("frame_index"))
+        return real_strip(path, frames, maps, title, *args, **kwargs)
+
+    monkeypatch.setattr(explain, "write_strip", recording_strip)
+    # fit's names for the output folder and the seed (--trainer.default_root_dir is --out)
+    assert main(["--ckpt_path", ckpt, video, "--trainer.default_root_dir", str(tmp_path / "v"), "--seed_everything", "3"]) == 0
     (clip,) = json.loads((tmp_path / "v" / "explain.json").read_text())["clips"]
     assert clip["video"] == video and clip["true"] is None and clip["foreground_share"] is not None  # its sidecar mask
+    # the strip's frames are labelled by their number in the video: 4 frames 1 apart, centred in its 16
+    assert strips == [[6, 7, 8, 9]] and clip["video_frames"] == [6, 7, 8, 9]
     from vidlit.commands.main import main as cli_main
 
     capsys.readouterr()
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert cli_main(["explain", "--ckpt_path", ckpt, video, "--out", str(a), "--trainer.default_root_dir", str(b)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"vidlit: error: explain: --out {a} and --trainer.default_root_dir {b} are the same setting with different values; give one"]
+    assert not a.exists() and not b.exists()
     assert cli_main(["explain", "--ckpt_path", ckpt, "--data.nonsense", "1"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "vidlit: error: explain: --data.nonsense is not an option of --dataset folder; its options: python -m vidlit fit --dataset folder --help"]
@@ -260,8 +277,12 @@ def test_fit_reports_foreground_share_in_results_report_and_wandb(tiny_root, tmp
     share = res["foreground_share"]["texture"]
     assert 0 <= share <= 1 and 0 < res["foreground_share_info"]["clips"]["texture"] <= 16  # --saliency.clips_per_domain 16
     assert 0 < res["foreground_share_info"]["mask_area"]["texture"] < 0.2
-    with open(run + ".log") as fh:
-        assert f"foreground share (Grad-CAM mass inside the object mask): texture {100 * share:.1f}%" in fh.read()
+    area = res["foreground_share_info"]["mask_area"]["texture"]
+    # printed with its reference, what a uniform map scores (the object's area): the share / mask_area
+    line = f"texture {100 * share:.1f}% ({share / area:.1f}x uniform)"
+    with open(run + ".log") as fh:  # (rich wraps long lines)
+        assert (f"foreground share (Grad-CAM mass inside the object mask; uniform: the object's area, {100 * area:.1f}%): {line}"
+                in " ".join(fh.read().split()))
     # explain on the best checkpoint, the same clips: the same number
     from vidlit.commands.explain import main
 
@@ -273,7 +294,7 @@ def test_fit_reports_foreground_share_in_results_report_and_wandb(tiny_root, tmp
     assert proc.returncode == 0, proc.stderr[-3000:]
     tested = json.loads((tmp_path / "t" / "test_results.json").read_text())
     assert tested["foreground_share"]["texture"] == pytest.approx(share, abs=1e-4)
-    assert f"foreground share (Grad-CAM mass inside the object mask): texture {100 * share:.1f}%" in proc.stdout
+    assert f"object's area, {100 * area:.1f}%): {line}" in " ".join(proc.stdout.split())
     from vidlit.commands.report import main as report
 
     shutil.copytree(run, tmp_path / "runs" / "r", ignore=shutil.ignore_patterns("wandb", "checkpoints"))

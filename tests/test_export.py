@@ -154,13 +154,36 @@ def test_bad_checkpoint_and_format_are_one_line_errors(tiny3d_run, tmp_path, cap
     assert not os.path.exists(os.path.join(os.path.dirname(os.path.dirname(str(junk))), "export"))
 
 
-def test_onnx_without_its_packages_names_the_extra(tiny3d_run, tmp_path, capsys, monkeypatch):
-    import vidlit.commands.export as export
+def test_onnx_without_its_packages_names_the_readmes_install_command(tmp_path, capsys, monkeypatch):
+    """onnxscript missing (hidden from importlib): one line naming ``pip install -e ".[onnx]"``, as the README does."""
+    import importlib.util
 
-    monkeypatch.setattr(export, "onnx_unavailable", lambda runtime=True: "onnxscript not installed (pip install 'vidlit[onnx]')")
-    code, _, err = run_export(capsys, "--ckpt_path", tiny3d_run, "--format", "onnx", "--out", str(tmp_path))
-    assert code == 2 and "vidlit[onnx]" in err and err.count("\n") == 1
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: None if name == "onnxscript" else real(name, *a, **k))
+    code, _, err = run_export(capsys, "--ckpt_path", str(tmp_path / "any.ckpt"), "--format", "onnx", "--out", str(tmp_path))
+    assert code == 2 and err.count("\n") == 1, err
+    assert 'onnxscript not installed (pip install -e ".[onnx]"' in err
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    assert 'pip install -e ".[onnx]"' in readme
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_fits_names_for_the_folder_and_the_seed(tiny3d_run, tmp_path, capsys):
+    """``--trainer.default_root_dir`` is ``--out``, ``--seed_everything`` seeds the trace and check clips;
+    ``--out`` and ``--trainer.default_root_dir`` with different values: one line."""
+    code, out, _ = run_export(capsys, "--ckpt_path", tiny3d_run, "--trainer.default_root_dir", str(tmp_path / "a"),
+                              "--seed_everything", "7")
+    assert code == 0 and (tmp_path / "a" / "model.pt").is_file() and str(tmp_path / "a") in out
+    code, _, err = run_export(capsys, "--ckpt_path", tiny3d_run, "--out", str(tmp_path / "b"), "--trainer.default_root_dir",
+                              str(tmp_path / "c"), "--check", "false")
+    assert code == 2 and err.strip().splitlines() == [
+        f"vidlit: error: export: --out {tmp_path / 'b'} and --trainer.default_root_dir {tmp_path / 'c'} are the same "
+        "setting with different values; give one"]
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+    # the same folder under both names is one setting given twice
+    code, _, _ = run_export(capsys, "--ckpt_path", tiny3d_run, "--out", str(tmp_path / "d"), "--trainer.default_root_dir",
+                            str(tmp_path / "d"), "--check", "false")
+    assert code == 0 and (tmp_path / "d" / "model.pt").is_file()
 
 
 def test_bench_infer_quick(capsys):

@@ -52,11 +52,20 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt_path", required=True, help="a run's checkpoint (RUN/checkpoints/best-epoch=N.ckpt)")
     p.add_argument("--shots", type=int, required=True, help="labelled videos per class of each target domain (0: none)")
-    p.add_argument("--seed", type=int, default=0, help="which videos are the shots, and the fine-tuning's seed")
+    p.add_argument("--seed", type=int, default=None, help="which videos are the shots, and the fine-tuning's seed (default 0)")
+    p.add_argument("--seed_everything", type=int, default=None, metavar="SEED",
+                   help="fit's name for --seed, the same setting (both given: the same value)")
     p.add_argument("--steps", type=int, default=60, help="optimizer steps of the fine-tuning")
     p.add_argument("--batch_size", type=int, default=None, help="clips per step (default: the run's, at most the shots)")
     p.add_argument("--out", default=None, help="the run folder to write (default: RUN/adapt/shots=K/seed=S)")
+    p.add_argument("--trainer.default_root_dir", dest="root_dir", default=None, metavar="OUT",
+                   help="fit's name for --out, the same setting (both given: the same value)")
     args, rest = p.parse_known_args(list(argv))
+    from vidlit.commands.main import merge_aliases
+
+    merge_aliases(args, "adapt", ("seed", "--seed", "seed_everything", "--seed_everything"),
+                  ("out", "--out", "root_dir", "--trainer.default_root_dir"))
+    args.seed = 0 if args.seed is None else args.seed
     if args.shots < 0:
         raise VidlitError(f"--shots must be >= 0, got {args.shots}")
     if args.steps < 1:

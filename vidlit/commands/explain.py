@@ -26,6 +26,7 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
+import numpy as np
 import torch
 
 from vidlit.inference.render import (
@@ -49,6 +50,11 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, Any]]:
                                        "(python -m vidlit fit --help lists them).")
     p.add_argument("--ckpt_path", required=True, help="a vidlit checkpoint, e.g. RUN/checkpoints/best-epoch=008.ckpt")
     p.add_argument("--out", help="output folder (default: RUN/eval/explain-<time>)")
+    p.add_argument("--trainer.default_root_dir", dest="root_dir", metavar="OUT",
+                   help="fit's name for --out, the same setting (both given: the same value)")
+    p.add_argument("--seed_everything", type=int, metavar="SEED",
+                   help="accepted as fit takes it (torch's seed); explain draws nothing at random: the clips are the "
+                        "classes in turn and Grad-CAM is deterministic")
     p.add_argument("--clips", type=int, default=4, help="clips per target domain (the classes in turn); default 4")
     p.add_argument("--stage", help="backbone stage to attach to (default: the last with positions left)")
     p.add_argument("--target", choices=("predicted", "true"), default="predicted", help="class whose evidence is shown")
@@ -57,6 +63,9 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, Any]]:
     p.add_argument("--min_size", type=int, default=192, help="frames are enlarged to at least this many pixels")
     p.add_argument("--batch_size", type=int, default=4, help="clips per Grad-CAM pass")
     args, rest = p.parse_known_args(list(argv))
+    from vidlit.commands.main import merge_aliases
+
+    merge_aliases(args, "explain", ("out", "--out", "root_dir", "--trainer.default_root_dir"))
     args.videos = []
     data: dict[str, Any] = {}
     i = 0
@@ -128,6 +137,8 @@ def run(args: argparse.Namespace, data: dict[str, Any]) -> str:
     from vidlit.inference.trained import load_trained
     from vidlit.run.rundir import checkpoint_run_dir
 
+    if getattr(args, "seed_everything", None) is not None:
+        torch.manual_seed(args.seed_everything)
     trained = load_trained(args.ckpt_path)
     model = trained.model
     if args.videos:
@@ -176,13 +187,17 @@ def run(args: argparse.Namespace, data: dict[str, Any]) -> str:
             title = f"{os.path.basename(rec.path)} ({domain}): true {true} | pred {name(pred)} ({100 * float(probs[j, pred]):.0f}%)"
             if share is not None:
                 title += f" | foreground share {100 * share:.0f}%"
-            write_strip(os.path.join(out, stem + "-strip.png"), frames, maps, title)
+            video_frames = [int(v) for v in np.asarray(dataset._indices(i, None, [0.5])[0])[: frames.shape[0]]]
+            if len(video_frames) != frames.shape[0]:  # cannot happen for one view; never mislabel
+                video_frames = None
+            write_strip(os.path.join(out, stem + "-strip.png"), frames, maps, title, frame_index=video_frames)
             write_curve(os.path.join(out, stem + "-curve.png"), importance[j], title)
             rows.append({
                 "clip": stem, "video": rec.path, "domain": domain, "true": true if known else None,
                 "predicted": name(pred), "probability": round(float(probs[j, pred]), 6),
                 "explained": name(int(sal.target[j])), "stage": sal.stage, "foreground_share": share,
                 "frame_importance": [round(float(v), 6) for v in importance[j]],
+                "video_frames": video_frames,
                 "files": [stem + ".mp4", stem + "-strip.png", stem + "-curve.png"],
             })
             curve_rows += [[stem, f, round(float(v), 6)] for f, v in enumerate(importance[j])]

@@ -10,7 +10,7 @@ with. Written into ``RUN/export/`` (``RUN``: the checkpoint's run folder) or ``-
 * ``model.pt``: TorchScript (``torch.jit.trace`` of the network, then ``torch.jit.freeze``);
   load with ``torch.jit.load("model.pt")``, no vidlit needed;
 * ``model.onnx``: ONNX (torch's dynamo exporter, ``torch.onnx.export(..., dynamo=True)``, every
-  weight inside the one file; needs ``pip install 'vidlit[onnx]'``: onnx, onnxscript, and
+  weight inside the one file; needs ``pip install -e ".[onnx]"``: onnx, onnxscript, and
   onnxruntime for the check); run with onnxruntime;
 * ``model.json``: class names (index order of the logits), clip length (``num_frames``,
   ``frame_stride``, ``num_clips``), ``size``, mean/std, the input layout and dtype, and how a
@@ -103,7 +103,7 @@ def onnx_unavailable(runtime: bool = True) -> Optional[str]:
     import importlib.util
 
     missing = [m for m in (("onnx", "onnxscript") + (("onnxruntime",) if runtime else ())) if importlib.util.find_spec(m) is None]
-    return f"{', '.join(missing)} not installed (pip install 'vidlit[onnx]')" if missing else None
+    return f"{', '.join(missing)} not installed (pip install -e \".[onnx]\" in the vidlit checkout)" if missing else None
 
 
 def export_onnx(net: ClipClassifier, clips: torch.Tensor, path: str) -> None:
@@ -156,7 +156,7 @@ def load_exported(path: str, fmt: Optional[str] = None) -> Callable[[torch.Tenso
 
 
 def export(ckpt: str, fmt: str = "torchscript", out: Optional[str] = None, check: bool = True,
-           trained: Optional[Trained] = None) -> dict:
+           trained: Optional[Trained] = None, seed: int = 0) -> dict:
     """Write the exported model and ``model.json`` for ``ckpt``; returns the metadata plus
     ``path``, ``json`` and (``check``) ``max_abs_diff`` against the checkpoint's logits."""
     from vidlit.run.rundir import checkpoint_run_dir
@@ -173,12 +173,12 @@ def export(ckpt: str, fmt: str = "torchscript", out: Optional[str] = None, check
         raise VidlitError(f"--out: cannot create the folder '{out}' ({err.strerror or err}); choose a writable folder") from None
     path = os.path.join(out, FORMATS[fmt])
     net = ClipClassifier.from_strategy(trained.model)
-    clips = example_clips(trained, batch=2)
+    clips = example_clips(trained, batch=2, seed=seed)
     with atomic_path(path, suffix=os.path.splitext(path)[1]) as tmp:
         (export_torchscript if fmt == "torchscript" else export_onnx)(net, clips, tmp)
     entry: dict = {"file": os.path.basename(path)}
     if check and (fmt == "torchscript" or onnx_unavailable() is None):
-        other = example_clips(trained, batch=3, seed=1)  # another batch size than the traced one
+        other = example_clips(trained, batch=3, seed=seed + 1)  # another batch size than the traced one
         got = load_exported(path)(other)
         want = eager_logits(trained, other)
         diff = float((got - want).abs().max())
@@ -220,8 +220,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--ckpt_path", required=True, help="a checkpoint of `python -m vidlit fit` (RUN/checkpoints/*.ckpt)")
     p.add_argument("--format", default="torchscript", help=f"{' or '.join(FORMATS)} (default torchscript)")
     p.add_argument("--out", default=None, help="folder to write into (default: RUN/export, RUN the checkpoint's run folder)")
+    p.add_argument("--trainer.default_root_dir", dest="root_dir", default=None, metavar="OUT",
+                   help="fit's name for --out, the same setting (both given: the same value)")
+    p.add_argument("--seed_everything", type=int, default=0, metavar="SEED",
+                   help="seed of the random clips the model is traced and checked with (default 0)")
     p.add_argument("--check", type=_bool, default=True, help="load the file back and compare its logits with the checkpoint's (default true)")
-    return p.parse_args(list(argv))
+    args = p.parse_args(list(argv))
+    from vidlit.commands.main import merge_aliases
+
+    merge_aliases(args, "export", ("out", "--out", "root_dir", "--trainer.default_root_dir"))
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -229,7 +237,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     fmt = str(a.format).lower()
     if fmt not in FORMATS:
         raise VidlitError(f"--format must be one of {', '.join(FORMATS)}, got '{a.format}'")
-    result = export(a.ckpt_path, fmt, a.out, check=a.check)
+    result = export(a.ckpt_path, fmt, a.out, check=a.check, seed=a.seed_everything)
     c, t, h, w = (result["input"]["shape"])[1:]
     if "check" in result:
         checked = (f"; outputs match the checkpoint's (max |diff| {result['check']['max_abs_diff']:.1e} on "

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 import sys
 import time
-from typing import Optional
+from typing import Any, Optional
 
 from vidlit.utils.errors import VidlitError
 
@@ -24,6 +24,37 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("adapt", "adapt:main", "few-shot: fine-tune a run's checkpoint on K labelled videos per class of its target, test on the rest"),
 )
 
+#: LightningCLI's subcommands: their --help opens with :func:`short_help`, then LightningCLI's full list
+HELP_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+#: the flags people use, ``(flag, value, one line)``; the subcommands a line is for (None: all four)
+SHORT_FLAGS: tuple[tuple[str, str, str, Optional[tuple[str, ...]]], ...] = (
+    ("--strategy", "NAME", "the DG method (erm, dann, coral, ...: python -m vidlit list)", None),
+    ("--backbone", "NAME", "the network (tiny3d, r2plus1d_18, x3d_s, ...: python -m vidlit list)", None),
+    ("--dataset", "NAME", "the dataset format (default folder: ROOT/<domain>/<class>/; python -m vidlit list)", None),
+    ("--data.root", "DIR", "where the videos are (folder: none = the embedded synthetic set)", None),
+    ("--data.target_domains", "'[a, b]'", "the held-out domains, tested; every other domain trains", None),
+    ("--trainer.max_epochs", "N", "epochs to train", ("fit",)),
+    ("--trainer.precision", "P", "bf16-mixed, 16-mixed or 32-true (default: the hardware's best)", None),
+    ("--trainer.devices", "N", "GPUs (or CPU processes) to use; several run DDP", None),
+    ("--ckpt_path", "last", "resume the run in --trainer.default_root_dir from its last checkpoint", ("fit",)),
+    ("--ckpt_path", "CKPT", "the checkpoint to evaluate (its run's settings are used)", ("validate", "test", "predict")),
+    ("--trainer.default_root_dir", "DIR", "the run folder (default runs/<strategy>-<dataset>-<time>)", ("fit",)),
+    ("--config", "FILE", "a YAML of these settings (e.g. a run's config.yaml, configs/*.yaml)", None),
+    ("--seed_everything", "N", "the seed (data order, augmentation, initialisation)", None),
+)
+
+
+def short_help(command: str) -> str:
+    """The short section ``python -m vidlit COMMAND --help`` opens with (COMMAND: fit, validate,
+    test or predict): the flags people use, one line each, then a pointer to the full list."""
+    rows = [(f"{flag} {value}", text) for flag, value, text, only in SHORT_FLAGS if only is None or command in only]
+    width = max(len(left) for left, _ in rows)
+    lines = [f"usage: python -m vidlit {command} [options]", "", "common options:"]
+    lines += [f"  {left:{width}s}  {text}" for left, text in rows]
+    lines += ["", ("every option (LightningCLI's full list; with --strategy NAME / --dataset NAME: that one's "
+                   "--model.* / --data.*) follows:"), ""]
+    return "\n".join(lines)
 
 
 def command_list() -> str:
@@ -33,6 +64,18 @@ def command_list() -> str:
     lines += ["", "python -m vidlit COMMAND --help lists the options of COMMAND "
               "(fit --strategy NAME --help: with that strategy's options)."]
     return "\n".join(lines)
+
+
+def merge_aliases(args: Any, command: str, *pairs: tuple[str, str, str, str]) -> None:
+    """Two flags of one setting (``(dest, flag, alias_dest, alias)``, e.g. ``--out`` and fit's
+    ``--trainer.default_root_dir``): the one given is kept in ``args.<dest>``; both given with different
+    values is a one-line error. Their argparse defaults must be None (None: not given)."""
+    for dest, flag, alias_dest, alias in pairs:
+        value, other = getattr(args, dest), getattr(args, alias_dest)
+        if value is not None and other is not None and value != other:
+            raise VidlitError(f"{command}: {flag} {value} and {alias} {other} are the same setting with different values; give one")
+        setattr(args, dest, value if value is not None else other)
+        delattr(args, alias_dest)
 
 
 def _one_line(err: BaseException) -> str:
@@ -88,6 +131,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             close = difflib.get_close_matches(command, names, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise VidlitError(f"unknown command '{command}'{hint}; the commands: python -m vidlit --help")
+        if command in HELP_SUBCOMMANDS and ("--help" in argv or "-h" in argv):
+            print(short_help(command), flush=True)
         run = command_function(command)
         if run.__name__ == "run_cli":  # LightningCLI's subcommands: the whole command line
             run(argv, start)

@@ -1,6 +1,8 @@
 """Heat maps over frames: colours, overlays, PNG strips and per-frame importance curves."""
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import numpy as np
 
 
@@ -39,29 +41,40 @@ def _captioned(frames: np.ndarray, lines: list[str]) -> np.ndarray:
     return out
 
 
-def write_strip(path: str, frames: np.ndarray, maps: np.ndarray, title: str, max_frames: int = 16) -> None:
-    """A PNG of three rows (frames, heat map, overlay), at most ``max_frames`` evenly spaced frames."""
+def write_strip(path: str, frames: np.ndarray, maps: np.ndarray, title: str, max_frames: int = 16,
+                frame_index: Optional[Sequence[int]] = None) -> None:
+    """A PNG of three rows (frames, heat map, overlay), at most ``max_frames`` evenly spaced frames,
+    and a colour bar of the heat map's scale (0..1) on the right. Columns are labelled by
+    ``frame_index`` (the frames' numbers in the source video, one per clip frame) when given, else
+    by their place in the clip (``t=0..T-1``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     t = frames.shape[0]
+    if frame_index is not None and len(frame_index) != t:
+        raise ValueError(f"write_strip: {len(frame_index)} frame indices for {t} frames")
     cols = np.unique(np.linspace(0, t - 1, min(t, max_frames)).round().astype(int))
-    fig, axes = plt.subplots(3, len(cols), figsize=(1.3 * len(cols) + 0.6, 4.4), squeeze=False)
+    fig, axes = plt.subplots(3, len(cols), figsize=(1.3 * len(cols) + 1.4, 4.6), squeeze=False, layout="constrained")
     over = overlay(frames, maps)
+    heat = None
     for j, f in enumerate(cols):
         for row, (img, kw) in enumerate(((frames[f], {}), (maps[f], {"cmap": "jet", "vmin": 0, "vmax": 1}), (over[f], {}))):
             ax = axes[row, j]
-            ax.imshow(img, **kw)
+            shown = ax.imshow(img, **kw)
+            if row == 1:
+                heat = shown
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
-                ax.set_title(f"t={f}", fontsize=7)
+                ax.set_title(f"frame {int(frame_index[f])}" if frame_index is not None else f"t={f}", fontsize=7)
     for row, name in enumerate(("frame", "Grad-CAM", "overlay")):
         axes[row, 0].set_ylabel(name, fontsize=8)
+    bar = fig.colorbar(heat, ax=axes, location="right", fraction=0.04, pad=0.02, ticks=[0, 0.25, 0.5, 0.75, 1])
+    bar.set_label("Grad-CAM (0 = none, 1 = the clip's maximum)", fontsize=7)
+    bar.ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
