@@ -24,7 +24,6 @@ import os
 import time
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 
 SHOTS = (1, 5, 10)
