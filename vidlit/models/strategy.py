@@ -256,6 +256,19 @@ class Strategy(pl.LightningModule):
 
         self.bad_videos = SumMetric()
 
+    def _match_confusion(self, name: str, acc: PerDomainAccuracy) -> None:
+        """The confusion metric ``name`` with the domains of its accuracy metric (code that replaces
+        the accuracy metric after :meth:`setup`, e.g. for other test domains, gets a matching one)."""
+        if getattr(self, name).num_domains != acc.num_domains:
+            setattr(self, name, PerDomainConfusion(acc.num_domains, self.hparams.num_classes).to(self.device))
+
+    def on_validation_epoch_start(self) -> None:
+        self._match_confusion("val_confusion", self.val_acc)
+        self._match_confusion("val_target_confusion", self.val_target_acc)
+
+    def on_test_epoch_start(self) -> None:
+        self._match_confusion("test_confusion", self.test_acc)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, extra = self.compute_loss(batch)
         bs = batch["label"].shape[0]
