@@ -33,6 +33,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from vidlit.models.metrics import class_mean_accuracy, per_class_accuracy
+from vidlit.run.files import confusion_file, confusion_png, per_class_file
 from vidlit.run.metric_names import TEST, VAL, VAL_TARGET, value
 from vidlit.utils.io import atomic_write
 
@@ -40,18 +41,6 @@ ALL = "all"  # the ``domain`` of the rows over every domain of a split
 #: the results-file key of each split's class-mean accuracy (as ``eval_results`` names the accuracies)
 RESULT_KEYS = {TEST: "test", VAL: "val", VAL_TARGET: "target"}
 ROLE = {TEST: "test", VAL: "val", VAL_TARGET: "test"}  # which of the strategy's domain_names lists
-
-
-def confusion_file(split: str) -> str:
-    return f"confusion_{split}.csv"
-
-
-def per_class_file(split: str) -> str:
-    return f"per_class_{split}.csv"
-
-
-def confusion_png(split: str) -> str:
-    return f"confusion_{split}.png"
 
 
 class PerClassResults(Callback):
