@@ -157,6 +157,9 @@ def test_monitor_class_mean_accuracy_selects_the_checkpoint(fitted):
     # the highest class-mean accuracy; ties to the lower val/loss (the checkpoint's tie-break), then the first
     expected = max(rows, key=lambda e: (rows[e][0], -rows[e][1], -e))
     assert res["best_epoch"] == expected, rows
+    # results.json has the selection metric of the selected epoch, as metrics.csv logged it
+    assert res["val_class_mean_acc"] == pytest.approx(rows[expected][0], abs=1e-6)
+    assert [h["val_class_mean_acc"] for h in res["history"]] == pytest.approx([rows[e][0] for e in range(EPOCHS)], abs=1e-6)
     assert os.path.basename(res["best_checkpoint"]) == f"best-epoch={expected:03d}.ckpt"
 
 

@@ -58,6 +58,9 @@ def test_fit_without_target_tests_in_domain(one_domain, tmp_path):
     assert list(res["test_acc_per_domain"]) == [DOMAINS[0]] and res["test_acc"] is not None
     assert res["plain_finetune"]["videos"] == {"train": 19, "val": 5, "test": 6}
     assert "in-domain test split" in r.stdout and DOMAINS[0] in r.stdout
+    # the table names the test rows for what they are: no row claims a held-out target domain
+    flat = " ".join(r.stdout.split())
+    assert "test split (in domain)" in flat and "held out" not in flat and "source - target" not in flat
     # the eval commands take the run's settings: the same in-domain test split
     r = run_vidlit("test", "--ckpt_path", str(run_dir / "checkpoints" / "last.ckpt"), "--data.num_workers", "0",
                    "--trainer.enable_progress_bar", "false", cwd=str(tmp_path))

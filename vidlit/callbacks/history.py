@@ -13,6 +13,7 @@ from vidlit.run.metric_names import (
     VAL,
     VAL_TARGET,
     acc_key,
+    class_mean_key,
     loss_key,
     metric,
     per_domain,
@@ -39,6 +40,7 @@ class HistoryCallback(Callback):
             "val_loss": metric(m, loss_key(VAL)),
             "bad_videos": int(metric(m, "data/bad_videos") or 0),
             "val_acc_per_domain": per_domain(m, VAL, names.get("val", [])),
+            "val_class_mean_acc": metric(m, class_mean_key(VAL)),
         }
         if acc_key(VAL_TARGET) in m:
             row["target_acc"] = metric(m, acc_key(VAL_TARGET))

@@ -514,7 +514,7 @@ def _plain_finetune_lines(results: dict) -> list[str]:
     if not plain:
         return []
     n = plain["videos"]
-    return [f"plain fine-tuning (--data.target_domains '[]'): no held-out domain; the target rows are each domain's "
+    return [f"plain fine-tuning (--data.target_domains '[]'): no held-out domain; the test rows are each domain's "
             f"in-domain test split ({n['train']} train / {n['val']} val / {n['test']} test videos)"]
 
 

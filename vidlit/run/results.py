@@ -49,6 +49,7 @@ def build_results(
         "val_acc": best.get("val_acc"),
         "val_loss": best.get("val_loss"),
         "val_acc_per_domain": best.get("val_acc_per_domain", {}),
+        "val_class_mean_acc": best.get("val_class_mean_acc"),
         "test_acc": metric(m, acc_key(TEST)),
         "test_acc_per_domain": per_domain(m, TEST, targets),
         "best_epoch": best.get("epoch", best_epoch),
@@ -199,13 +200,17 @@ def print_table(results: dict, path: str, lines: Sequence[str] = ()) -> None:
     table.add_column("accuracy", justify="right")
     for d, v in results["val_acc_per_domain"].items():
         table.add_row(d, "source (val split)", pct(v))
+    # plain fine-tuning (no held-out domain): the test rows are each domain's own test split
+    plain = bool(results.get("plain_finetune"))
+    test_role, test_mean, gap_role = (("test split (in domain)", "test", "val - test") if plain
+                                      else ("target (held out)", "target test", "source - target"))
     for d, v in results["test_acc_per_domain"].items():
-        table.add_row(d, "target (held out)", pct(v))
+        table.add_row(d, test_role, pct(v))
     table.add_section()
     table.add_row("mean", "source val", pct(results["val_acc"]))
-    table.add_row("mean", "target test", pct(results["test_acc"]))
+    table.add_row("mean", test_mean, pct(results["test_acc"]))
     gap = None if results["val_acc"] is None or results["test_acc"] is None else results["val_acc"] - results["test_acc"]
-    table.add_row("gap", "source - target", pct(gap))
+    table.add_row("gap", gap_role, pct(gap))
     console = Console()
     console.print(table)
     if raw is not None:
